@@ -1,0 +1,1 @@
+"""atmc_jax.training."""
