@@ -1,0 +1,168 @@
+"""Tests for the reproduction pipeline (experiments/reproduce.py, _report.py)."""
+
+import os
+import shutil
+import tempfile
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import ml_collections
+
+from experiments import _report
+from experiments import reproduce
+
+
+def _tempdir(test_case):
+  path = tempfile.mkdtemp()
+  test_case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+  return path
+
+
+def _row(method, p, cr, ta, ata, nnz=10, bits=320, wall=1.0):
+  return dict(dataset='synthetic', method=method, p=p, compression_ratio=cr,
+              ta=ta, ata=ata, nnz=nnz, bits=bits, wall_time_s=wall)
+
+
+_ROWS = [
+    _row('da', None, 1.0, 0.9, 0.6),
+    _row('natural', None, 1.0, 0.95, 0.01),
+    _row('al0', 0.01, 0.01, 0.8, 0.5),
+    _row('al0', 0.1, 0.1, 0.85, 0.55),
+    _row('atmc8', 0.01, 0.004, 0.79, 0.49),
+    _row('atmc8', 0.1, 0.03, 0.84, 0.54),
+]
+
+
+class PlanTest(parameterized.TestCase):
+
+  def test_dependencies_come_first_and_dense_once(self):
+    stages = reproduce.plan_stages('atmc8,ap', '0.1,0.01')
+    names = [s.name for s in stages]
+    self.assertEqual(names, [
+        'da', 'al0_p0.01', 'atmc32_p0.01', 'atmc8_p0.01', 'al0_p0.1',
+        'atmc32_p0.1', 'atmc8_p0.1', 'ap_p0.01', 'ap_p0.1'])
+    for i, s in enumerate(stages):
+      if s.parent is not None:
+        self.assertIn(s.parent, stages[:i])
+
+  def test_every_method(self):
+    stages = reproduce.plan_stages(list(reproduce.METHODS), [0.01])
+    self.assertLen(stages, len(reproduce.METHODS))
+    by_method = {s.method: s for s in stages}
+    self.assertEqual(by_method['nap'].parent, reproduce.Stage('natural'))
+    self.assertEqual(by_method['alr'].parent, reproduce.Stage('da'))
+    self.assertEqual(by_method['atmc32'].parent, reproduce.Stage('al0', 0.01))
+
+  def test_dense_only_needs_no_sparsity(self):
+    self.assertEqual([s.name for s in reproduce.plan_stages('natural,da', '')],
+                     ['natural', 'da'])
+
+  @parameterized.parameters('bogus', '', 'da,foo')
+  def test_bad_method_raises(self, methods):
+    with self.assertRaisesRegex(ValueError, 'accepted'):
+      reproduce.plan_stages(methods, '0.1')
+
+  @parameterized.parameters('0', '1.5', '-0.1', 'x', '')
+  def test_bad_sparsity_raises(self, sparsities):
+    with self.assertRaisesRegex(ValueError, r'accepted|sparsit'):
+      reproduce.plan_stages('al0', sparsities)
+
+  def test_stage_config(self):
+    grid = ml_collections.ConfigDict()
+    grid.base = ml_collections.ConfigDict(
+        dict(stage='natural', sparsity=0.5, bits=None, init_from='',
+             num_epochs=9, learning_rate=0.1, nested=dict(a=1, b=2)))
+    grid.stage_overrides = dict(atmc8=dict(num_epochs=2, nested=dict(b=3)))
+    grid.atmc_bits = 4
+    cfg = reproduce.stage_config(grid, reproduce.Stage('atmc8', 0.01), '/w')
+    self.assertEqual(cfg.stage, 'atmc8')
+    self.assertEqual(cfg.sparsity, 0.01)
+    self.assertEqual(cfg.bits, 4)
+    self.assertEqual(cfg.num_epochs, 2)
+    self.assertEqual(cfg.learning_rate, 0.1)
+    self.assertEqual(cfg.nested.to_dict(), dict(a=1, b=3))
+    self.assertEqual(cfg.init_from, os.path.join('/w', 'atmc32_p0.01'))
+    cfg = reproduce.stage_config(grid, reproduce.Stage('da'), '/w')
+    self.assertEqual((cfg.stage, cfg.bits, cfg.init_from, cfg.num_epochs),
+                     ('da', None, '', 9))
+    self.assertEqual(grid.base.stage, 'natural')  # The grid is not modified.
+
+
+class RunStageTest(absltest.TestCase):
+
+  def test_finished_stage_is_cached_and_interrupted_one_rerun(self):
+    calls = []
+
+    def train_fn(config, workdir):
+      calls.append(workdir)
+      if len(calls) == 1:
+        raise KeyboardInterrupt  # Interrupted before summary.json exists.
+      return {'stage': config.stage, 'test_accuracy': 0.5}
+
+    stage_dir = os.path.join(_tempdir(self), 'da')
+    cfg = ml_collections.ConfigDict(dict(stage='da'))
+    with self.assertRaises(KeyboardInterrupt):
+      reproduce.run_stage(cfg, stage_dir, train_fn)
+    self.assertFalse(reproduce.is_finished(stage_dir))
+    summary, ran = reproduce.run_stage(cfg, stage_dir, train_fn)
+    self.assertTrue(ran)
+    self.assertEqual(summary['test_accuracy'], 0.5)
+    self.assertTrue(reproduce.is_finished(stage_dir))
+    summary, ran = reproduce.run_stage(cfg, stage_dir, train_fn)
+    self.assertFalse(ran)
+    self.assertEqual(summary['test_accuracy'], 0.5)
+    self.assertLen(calls, 2)
+    self.assertGreaterEqual(reproduce.stage_wall_time(stage_dir, summary), 0.0)
+
+
+class ReportTest(absltest.TestCase):
+
+  def test_csv_round_trip(self):
+    path = os.path.join(_tempdir(self), 'r.csv')
+    _report.write_csv(_ROWS, path, _report.RESULT_FIELDS)
+    back = _report.read_csv(path)
+    self.assertEqual(back, _ROWS)
+    with self.assertRaisesRegex(ValueError, 'lacks'):
+      _report.write_csv([{'method': 'da'}], path, _report.RESULT_FIELDS)
+
+  def test_markdown(self):
+    md = _report.results_markdown(_ROWS, title='t')
+    lines = [l for l in md.splitlines() if l.startswith('|')]
+    self.assertIn('| method | dense | p = 0.01: TA / ATA | CR | '
+                  'p = 0.1: TA / ATA | CR |', lines[0])
+    body = lines[2:]
+    self.assertEqual([l.split('|')[1].strip() for l in body],
+                     ['NAT', 'DA', 'AL0', 'ATMC-8'])
+    self.assertIn('| ATMC-8 |  | 0.790 / 0.490 | 0.004 | 0.840 / 0.540 | '
+                  '0.03 |', body[3])
+    self.assertIn('| DA | 0.900 / 0.600 |', body[1])
+
+  def test_figure(self):
+    stem = os.path.join(_tempdir(self), 'fig')
+    paths = _report.plot_results(_ROWS, stem, title='t')
+    self.assertEqual(paths, [stem + '.png', stem + '.pdf'])
+    for p in paths:
+      self.assertGreater(os.path.getsize(p), 1000)
+    with open(stem + '.png', 'rb') as f:
+      self.assertEqual(f.read(8), b'\x89PNG\r\n\x1a\n')
+
+  def test_attacks_markdown_flags(self):
+    names = ('pgd_eps0.1', 'fgsm')
+    rows = [
+        {'dataset': 'd', 'method': 'al0', 'p': 0.01,
+         'compression_ratio': 0.01, 'ta': 0.8, 'pgd_eps0.1': 0.5,
+         'fgsm': 0.6, 'paper_pgd': 0.5, 'strong': 0.4, 'gap': 0.1,
+         'masking_suspected': True},
+        {'dataset': 'd', 'method': 'da', 'p': None,
+         'compression_ratio': 1.0, 'ta': 0.9, 'pgd_eps0.1': 0.6,
+         'fgsm': 0.7, 'paper_pgd': 0.6, 'strong': 0.58, 'gap': 0.02,
+         'masking_suspected': False}]
+    md = _report.attacks_markdown(rows, names, 0.05)
+    self.assertIn('Flagged: AL0 (p = 0.01).', md)
+    self.assertIn('| AL0 | 0.01 | 0.01 | 0.800 | 0.500 | 0.600 | 0.500 | '
+                  '0.400 | +10.0 | **yes** |', md)
+    self.assertIn('| DA |  | 1 | 0.900 |', md)
+
+
+if __name__ == '__main__':
+  absltest.main()
