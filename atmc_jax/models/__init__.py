@@ -1,1 +1,29 @@
-"""atmc_jax.models."""
+"""Flax Linen models of the ATMC experiments and U·V+C factorized layers.
+
+Every model takes NHWC images in ``[0, 1]`` (normalisation happens inside,
+from the ``mean``/``std`` attributes) and has a dense and a factorized
+variant (``factorized=True``) with the same module names, so
+:func:`factorize` and :func:`materialize` convert params between them.
+"""
+
+from atmc_jax.models._factorized import compose
+from atmc_jax.models._factorized import factor_shapes
+from atmc_jax.models._factorized import factorize
+from atmc_jax.models._factorized import FactorizedConv
+from atmc_jax.models._factorized import FactorizedDense
+from atmc_jax.models._factorized import materialize
+from atmc_jax.models._layers import Conv
+from atmc_jax.models._layers import conv2d
+from atmc_jax.models._layers import Dense
+from atmc_jax.models._layers import max_pool_2x2
+from atmc_jax.models._lenet import CaffeLeNet
+from atmc_jax.models._registry import create_model
+from atmc_jax.models._registry import model_names
+from atmc_jax.models._registry import MODELS
+from atmc_jax.models._resnet import BasicBlock
+from atmc_jax.models._resnet import ResNet
+from atmc_jax.models._resnet import ResNet18
+from atmc_jax.models._resnet import ResNet34
+from atmc_jax.models._wrn import WideBasicBlock
+from atmc_jax.models._wrn import WideResNet
+from atmc_jax.models._wrn import WRN16_8
