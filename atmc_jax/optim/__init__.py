@@ -1,1 +1,7 @@
-"""atmc_jax.optim."""
+"""atmc_jax.optim: ATMC optax transformations and model-size accounting."""
+
+from atmc_jax.optim._accounting import compression_ratio
+from atmc_jax.optim._accounting import compression_stats
+from atmc_jax.optim._accounting import dense_weight_count
+from atmc_jax.optim._accounting import model_size_bits
+from atmc_jax.optim._accounting import tensor_size_bits
