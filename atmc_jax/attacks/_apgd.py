@@ -1,0 +1,235 @@
+"""Auto-PGD (Croce & Hein, 2020, Algorithm 1) in the L-inf and L2 balls.
+
+A step-size-free PGD with momentum. With ``P`` the projection onto the ball
+intersected with the box, ``d`` the signed (L-inf) or L2-normalised gradient
+of the summed per-example loss ``f`` and ``x^(0)`` the start::
+
+  eta = 2 * epsilon                                   # per example
+  x^(1) = P(x^(0) + eta * d(x^(0)))
+  f_max, x_max = the better of x^(0), x^(1)           # ties keep x^(0)
+  for k = 1 .. N - 1:
+    z^(k+1) = P(x^(k) + eta * d(x^(k)))
+    x^(k+1) = P(x^(k) + a (z^(k+1) - x^(k)) + (1 - a)(x^(k) - x^(k-1)))
+    if f(x^(k+1)) > f_max: x_max, f_max = x^(k+1), f(x^(k+1))
+    if k is a checkpoint w_j and (condition 1 or condition 2):
+      eta = eta / 2;  x^(k+1) = x_max
+
+with momentum ``a = 0.75`` and checkpoints ``w_j = ceil(p_j N)``,
+``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+
+* Condition 1: fewer than ``rho * (w_j - w_{j-1})`` of the steps
+  ``i = w_{j-1} .. w_j - 1`` increased the loss, ``f(x^(i+1)) > f(x^(i))``.
+* Condition 2: the step size was not halved at ``w_{j-1}`` and ``f_max`` has
+  not improved since ``w_{j-1}``. (``w_0 = 0``: at the first checkpoint the
+  step is unchanged, so condition 2 reduces to "no improvement since the
+  first step". The authors' released code instead skips condition 2 at the
+  first checkpoint.)
+
+Everything (``eta``, ``x_max``, the conditions) is per example. Each of the
+``N`` iterations costs one forward and one backward pass, plus one for the
+start.
+"""
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from atmc_jax._src import base
+from atmc_jax.attacks import _common
+from atmc_jax.attacks import _losses
+
+
+def apgd_checkpoints(num_steps: int) -> tuple[int, ...]:
+  """The iterations ``w_1 < w_2 < ...`` at which APGD may halve its step.
+
+  ``w_j = ceil(p_j * num_steps)`` for the ``p_j <= 1`` of Croce & Hein's
+  sequence, keeping distinct values in ``[1, num_steps - 1]`` (the loop's
+  range). For ``num_steps=100``: ``(22, 41, 57, 70, 80, 87, 93, 99)``.
+
+  Raises:
+    ValueError: ``num_steps < 1``.
+  """
+  _common.check_int('num_steps', num_steps, 1)
+  # p_j in hundredths, so the sequence is exact.
+  p = [0, 22]
+  while True:
+    nxt = p[-1] + max(p[-1] - p[-2] - 3, 6)
+    if nxt > 100:
+      break
+    p.append(nxt)
+  w = sorted({-(-pj * num_steps // 100) for pj in p[1:]})
+  return tuple(wj for wj in w if 1 <= wj <= num_steps - 1)
+
+
+def _interval_lengths(num_steps: int) -> np.ndarray:
+  """``lengths[k] = w_j - w_{j-1}`` if ``k == w_j``, else 0."""
+  lengths = np.zeros(max(num_steps, 1), np.int32)
+  prev = 0
+  for w in apgd_checkpoints(num_steps):
+    lengths[w] = w - prev
+    prev = w
+  return lengths
+
+
+def _apgd_core(logits_fn, x, y, key, epsilon, *, num_steps, norm, loss,
+               bounds, rho, momentum, targeted, random_start,
+               prefer_misclassified):
+  """Jitted body of :func:`apgd`; see there."""
+  epsilon = jnp.asarray(epsilon, x.dtype)
+  loss_fn = _losses.LOSSES[loss]
+
+  def evaluate(x_adv):
+    """Per-example objective, its gradient and whether the attack succeeded."""
+    def total(x_adv):
+      logits = logits_fn(x_adv)
+      value = loss_fn(logits, y)
+      value = -value if targeted else value
+      return jnp.sum(value), (value, logits)
+
+    (_, (value, logits)), grad = jax.value_and_grad(total, has_aux=True)(x_adv)
+    pred = jnp.argmax(logits, axis=-1)
+    success = (pred == y) if targeted else (pred != y)
+    return value, grad, success
+
+  def ex(s):
+    return _common.expand(s, x)
+
+  def gradient_step(x_k, grad, eta):
+    step = ex(eta).astype(x.dtype) * _common.ascent_direction(grad, norm)
+    return _common.project(x_k + step, x, epsilon, norm, bounds)
+
+  if random_start:
+    x0 = _common.random_start(key, x, epsilon, norm, bounds)
+  else:
+    x0 = x
+  f0, g0, s0 = evaluate(x0)
+  eta = jnp.full(x.shape[:1], 2.0, jnp.float32) * epsilon.astype(jnp.float32)
+  x1 = gradient_step(x0, g0, eta)
+  f1, g1, s1 = evaluate(x1)
+  first_better = f1 > f0
+  x_max = jnp.where(ex(first_better), x1, x0)
+  g_max = jnp.where(ex(first_better), g1, g0)
+  f_max = jnp.maximum(f0, f1)
+  x_found = jnp.where(ex(s1), x1, x0)
+  found = s0 | s1
+
+  lengths = jnp.asarray(_interval_lengths(num_steps))
+
+  def body(k, carry):
+    (x_k, x_prev, g_k, f_k, x_max, g_max, f_max, eta, count, reduced_last,
+     f_max_last, x_found, found) = carry
+    z = gradient_step(x_k, g_k, eta)
+    x_new = _common.project(
+        x_k + momentum * (z - x_k) + (1.0 - momentum) * (x_k - x_prev), x,
+        epsilon, norm, bounds)
+    f_new, g_new, s_new = evaluate(x_new)
+    x_found = jnp.where(ex(s_new), x_new, x_found)
+    found = found | s_new
+    better = f_new > f_max
+    x_max = jnp.where(ex(better), x_new, x_max)
+    g_max = jnp.where(ex(better), g_new, g_max)
+    f_max = jnp.where(better, f_new, f_max)
+    # Checkpoint w_j: the interval length is > 0 exactly there.
+    length = lengths[k]
+    at_checkpoint = length > 0
+    condition1 = count < rho * length.astype(jnp.float32)
+    condition2 = jnp.logical_not(reduced_last) & (f_max <= f_max_last)
+    reduce = at_checkpoint & (condition1 | condition2)
+    eta = jnp.where(reduce, 0.5 * eta, eta)
+    x_new = jnp.where(ex(reduce), x_max, x_new)
+    g_new = jnp.where(ex(reduce), g_max, g_new)
+    f_new = jnp.where(reduce, f_max, f_new)
+    count = jnp.where(at_checkpoint, 0, count) + (f_new > f_k)
+    reduced_last = jnp.where(at_checkpoint, reduce, reduced_last)
+    f_max_last = jnp.where(at_checkpoint, f_max, f_max_last)
+    return (x_new, x_k, g_new, f_new, x_max, g_max, f_max, eta, count,
+            reduced_last, f_max_last, x_found, found)
+
+  carry = (x1, x0, g1, f1, x_max, g_max, f_max, eta,
+           first_better.astype(jnp.int32), jnp.zeros(x.shape[:1], bool),
+           f_max, x_found, found)
+  carry = jax.lax.fori_loop(1, num_steps, body, carry)
+  x_max, x_found, found = carry[4], carry[11], carry[12]
+  if prefer_misclassified:
+    return jnp.where(ex(found), x_found, x_max)
+  return x_max
+
+
+def apgd(
+    logits_fn: base.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    key: Optional[jax.Array],
+    *,
+    epsilon: float,
+    num_steps: int = 100,
+    norm: str = 'linf',
+    loss: str = 'ce',
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    targeted: bool = False,
+    random_start: bool = True,
+    prefer_misclassified: bool = True,
+) -> jax.Array:
+  r"""Auto-PGD (APGD) of Croce & Hein (2020), Algorithm 1.
+
+  Maximises the per-example loss over the epsilon-ball intersected with
+  ``bounds`` with momentum ``0.75``, initial step ``2 * epsilon`` and the
+  per-example step-halving schedule described in this module's docstring
+  (checkpoints: :func:`apgd_checkpoints`).
+
+  Jitted with everything but ``epsilon`` (and the arrays) static; see
+  :func:`pgd` for how ``logits_fn`` is treated.
+
+  Args:
+    logits_fn: ``x -> logits`` of shape ``(B, K)``; see :func:`pgd`.
+    x: clean inputs with a leading batch axis, values in ``bounds``.
+    y: ``(B,)`` integer labels (target labels when ``targeted``).
+    key: PRNG key for the random start (None allowed when
+      ``random_start=False``).
+    epsilon: ball radius, ``>= 0``.
+    num_steps: iterations ``N``, ``>= 1``.
+    norm: ``'linf'`` or ``'l2'``.
+    loss: ``'ce'``, ``'margin'`` (CW) or ``'dlr'`` (difference of logits
+      ratio, untargeted, ``K >= 3``).
+    bounds: valid input range ``(lo, hi)``.
+    rho: condition-1 threshold, in ``[0, 1]``.
+    momentum: weight ``a`` of the new gradient step, in ``[0, 1]``.
+    targeted: minimise the loss toward the labels ``y``.
+    random_start: start from a uniform sample of the ball, as in the
+      reference implementation; ``False`` starts from ``x``.
+    prefer_misclassified: when some iterate fooled the model (argmax differs
+      from ``y``; equals ``y`` when ``targeted``), return the last such
+      iterate, as the authors' code does; otherwise, and always when False,
+      return the highest-loss point ``x_max``.
+
+  Returns:
+    ``x_adv`` with the shape and dtype of ``x``.
+
+  Raises:
+    ValueError: negative ``epsilon``, ``num_steps < 1``, unknown ``norm`` or
+      ``loss``, ``rho`` or ``momentum`` outside ``[0, 1]``, ``x`` outside
+      ``bounds`` (when concrete), mismatched batch sizes or a missing ``key``.
+
+  References:
+    Croce & Hein, Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks, ICML 2020.
+    https://arxiv.org/abs/2003.01690
+  """
+  bounds = _common.check_attack_args(x, y, bounds=bounds, epsilon=epsilon,
+                                     num_steps=num_steps, norm=norm)
+  _common.check_loss(loss, targeted)
+  for name, value in (('rho', rho), ('momentum', momentum)):
+    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+      raise ValueError(f'{name}={value!r}; accepted range: [0, 1].')
+  key = _common.check_key(key, random_start)
+  return _common.run_jitted(
+      _apgd_core, logits_fn, (x, y, key, epsilon),
+      dict(num_steps=num_steps, norm=norm, loss=loss, bounds=bounds,
+           rho=float(rho), momentum=float(momentum), targeted=bool(targeted),
+           random_start=bool(random_start),
+           prefer_misclassified=bool(prefer_misclassified)))
+

@@ -1,0 +1,229 @@
+"""Shared pieces of the attacks: input checks, jit dispatch, ball geometry.
+
+Jit dispatch. Every attack runs through :func:`run_jitted`, which compiles the
+attack's core once per (core, ``logits_fn``, static config, input shapes).
+``logits_fn`` is a *static* argument (hashed by identity), unless it is a
+:class:`jax.tree_util.Partial`, whose bound arguments (e.g. the model
+variables) are then traced like any other array. So either build the closure
+once and reuse it, or pass ``jax.tree_util.Partial(apply_fn, variables)`` to
+attack new parameters without recompiling.
+"""
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORMS = ('linf', 'l2')
+
+
+def concrete_or_none(value: Any) -> Optional[np.ndarray]:
+  """Returns ``value`` as a NumPy array, or None while it is being traced."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  return np.asarray(value)
+
+
+def check_choice(name: str, value: Any, accepted: Sequence[Any]) -> None:
+  if value not in accepted:
+    raise ValueError(f'{name}={value!r}; accepted: {list(accepted)}.')
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f'{name}={value!r} must be a Python int >= {minimum}.')
+  if value < minimum:
+    raise ValueError(f'{name}={value}; accepted range: >= {minimum}.')
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+  """Raises if a concrete scalar ``value`` is negative or not finite."""
+  v = concrete_or_none(value)
+  if v is None:
+    return
+  if v.ndim != 0:
+    raise ValueError(f'{name} must be a scalar, got shape {v.shape}.')
+  if not np.isfinite(v) or v < 0:
+    raise ValueError(f'{name}={float(v)}; accepted range: [0, inf).')
+
+
+def check_positive(name: str, value: Any) -> None:
+  """Raises if a concrete scalar ``value`` is not > 0 and finite."""
+  check_nonnegative(name, value)
+  v = concrete_or_none(value)
+  if v is not None and v == 0:
+    raise ValueError(f'{name}={float(v)}; accepted range: (0, inf).')
+
+
+def check_loss(loss: str, targeted: bool,
+               accepted: Sequence[str] = ('ce', 'margin', 'dlr')) -> None:
+  """Checks a loss name; the DLR loss is untargeted only."""
+  check_choice('loss', loss, accepted)
+  if targeted and loss == 'dlr':
+    raise ValueError('loss="dlr" is untargeted only; accepted with '
+                     'targeted=True: ["ce", "margin"].')
+
+
+def check_key(key: Any, needed: bool) -> Any:
+  """Returns ``key``, or a fixed key when it is None and not ``needed``."""
+  if key is None:
+    if needed:
+      raise ValueError('key=None; accepted: a PRNG key (needed for the '
+                       'random start).')
+    return jax.random.PRNGKey(0)
+  return key
+
+
+def check_bounds(bounds: Any) -> tuple[float, float]:
+  """Returns ``bounds`` as a hashable ``(lo, hi)`` pair of floats."""
+  try:
+    lo, hi = (float(b) for b in bounds)
+  except (TypeError, ValueError):
+    raise ValueError(f'bounds={bounds!r} must be a pair (lo, hi) of '
+                     'Python floats with lo < hi.') from None
+  if not lo < hi:
+    raise ValueError(f'bounds={bounds!r}; accepted: lo < hi.')
+  return lo, hi
+
+
+def check_batch(x: Any, y: Any, bounds: tuple[float, float]) -> None:
+  """Checks shapes and dtypes of ``(x, y)`` and, when concrete, x's range."""
+  x_shape, y_shape = np.shape(x), np.shape(y)
+  if len(x_shape) < 1:
+    raise ValueError(f'x has shape {x_shape}; accepted: a leading batch axis '
+                     '(ndim >= 1).')
+  if len(y_shape) != 1 or y_shape[0] != x_shape[0]:
+    raise ValueError(f'y has shape {y_shape} but x has shape {x_shape}; '
+                     f'accepted: y of shape ({x_shape[0]},).')
+  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    raise ValueError(f'x has dtype {jnp.result_type(x)}; accepted: a floating '
+                     f'dtype with values in {list(bounds)} (scale integer '
+                     'images first).')
+  if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
+    raise ValueError(f'y has dtype {jnp.result_type(y)}; accepted: integer '
+                     'class labels.')
+  if isinstance(x, jax.core.Tracer) or x_shape[0] == 0:
+    return
+  lo, hi = bounds
+  if isinstance(x, np.ndarray):
+    x_min, x_max = float(np.min(x)), float(np.max(x))
+  else:
+    x_min, x_max = (float(v) for v in jax.device_get(_min_max(x)))
+  if not (x_min >= lo and x_max <= hi):
+    raise ValueError(f'x has values in [{x_min}, {x_max}]; accepted range: '
+                     f'bounds={list(bounds)} (normalisation belongs inside '
+                     'logits_fn).')
+
+
+@jax.jit
+def _min_max(x):
+  return jnp.min(x), jnp.max(x)
+
+
+def check_attack_args(x, y, *, bounds, epsilon=None, num_steps=None,
+                      norm=None) -> tuple[float, float]:
+  """Validates the arguments most attacks share; returns the bounds."""
+  bounds = check_bounds(bounds)
+  if epsilon is not None:
+    check_nonnegative('epsilon', epsilon)
+  if num_steps is not None:
+    check_int('num_steps', num_steps, 1)
+  if norm is not None:
+    check_choice('norm', norm, NORMS)
+  check_batch(x, y, bounds)
+  return bounds
+
+
+# --------------------------------------------------------------------------
+# Jit dispatch.
+# --------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=('core', 'logits_fn', 'config'))
+def _jit_static_fn(core, logits_fn, arrays, config):
+  return core(logits_fn, *arrays, **dict(config))
+
+
+@functools.partial(jax.jit, static_argnames=('core', 'config'))
+def _jit_pytree_fn(core, logits_fn, arrays, config):
+  return core(logits_fn, *arrays, **dict(config))
+
+
+def run_jitted(core: Callable[..., Any], logits_fn: Callable[..., Any],
+               arrays: tuple[Any, ...], config: dict[str, Any]) -> Any:
+  """Calls ``core(logits_fn, *arrays, **config)`` under ``jax.jit``.
+
+  ``config`` values are static (hashable); ``arrays`` are traced. See the
+  module docstring for how ``logits_fn`` is treated.
+  """
+  config = tuple(sorted(config.items()))
+  if isinstance(logits_fn, jax.tree_util.Partial):
+    return _jit_pytree_fn(core, logits_fn, arrays, config)
+  return _jit_static_fn(core, logits_fn, arrays, config)
+
+
+# --------------------------------------------------------------------------
+# Geometry. ``v`` has a leading batch axis; per-example scalars have shape B.
+# --------------------------------------------------------------------------
+
+
+def expand(s: jax.Array, like: jax.Array) -> jax.Array:
+  """Reshapes a ``(B,)`` vector to broadcast against ``like``."""
+  return jnp.reshape(s, s.shape + (1,) * (like.ndim - 1))
+
+
+def l2_norm(v: jax.Array) -> jax.Array:
+  """Per-example L2 norm over all non-batch axes, shape ``(B,)``."""
+  v = v.astype(jnp.float32)
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim))))
+
+
+def ascent_direction(grad: jax.Array, norm: str) -> jax.Array:
+  """sign(g) for L-inf; g / ||g||_2 per example for L2 (0 where g = 0)."""
+  if norm == 'linf':
+    return jnp.sign(grad)
+  n = l2_norm(grad)
+  n = jnp.where(n > 0, n, 1.0)
+  return (grad / expand(n, grad)).astype(grad.dtype)
+
+
+def project(x_adv: jax.Array, x: jax.Array, epsilon: jax.Array, norm: str,
+            bounds: tuple[float, float]) -> jax.Array:
+  """Projects onto the epsilon-ball around ``x``, then clips to ``bounds``.
+
+  Clipping to a box that contains ``x`` never moves a point away from ``x``
+  coordinate-wise, so the result lies in both sets (for L-inf it is the exact
+  projection onto their intersection).
+  """
+  delta = x_adv - x
+  if norm == 'linf':
+    x_adv = jnp.clip(x_adv, x - epsilon, x + epsilon)
+  else:
+    n = l2_norm(delta)
+    scale = jnp.where(n > epsilon, epsilon / jnp.where(n > 0, n, 1.0), 1.0)
+    x_adv = x + delta * expand(scale, delta).astype(delta.dtype)
+  return jnp.clip(x_adv, bounds[0], bounds[1])
+
+
+def random_start(key: jax.Array, x: jax.Array, epsilon: jax.Array, norm: str,
+                 bounds: tuple[float, float]) -> jax.Array:
+  """A uniform sample of the epsilon-ball around ``x``, clipped to bounds.
+
+  L-inf: each coordinate uniform in ``[-eps, eps]``. L2: a Gaussian direction
+  normalised to the unit sphere, times radius ``eps * U**(1/d)`` with ``d`` the
+  number of coordinates per example (uniform in the ball's volume).
+  """
+  if norm == 'linf':
+    delta = jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0) * epsilon
+  else:
+    k_dir, k_rad = jax.random.split(key)
+    d = int(np.prod(x.shape[1:]))
+    direction = jax.random.normal(k_dir, x.shape, jnp.float32)
+    direction = direction / expand(jnp.maximum(l2_norm(direction), 1e-12),
+                                   direction)
+    radius = epsilon * jax.random.uniform(k_rad, x.shape[:1]) ** (1.0 / d)
+    delta = (direction * expand(radius, direction)).astype(x.dtype)
+  # The projection only absorbs rounding (and clips to the box).
+  return project(x + delta, x, epsilon, norm, bounds)
