@@ -1,1 +1,7 @@
-"""atmc_jax.projections."""
+"""Constraint projections: pure, jittable pytree -> pytree functions."""
+
+from atmc_jax.projections._atmc import project_atmc
+from atmc_jax.projections._l0 import project_l0
+from atmc_jax.projections._quantize import dequantize
+from atmc_jax.projections._quantize import project_quantize
+from atmc_jax.projections._quantize import quantize_codebook
