@@ -1,0 +1,183 @@
+"""The optimizer of a stage: SGD + weight decay + the compression transform.
+
+.. math::
+
+  \\text{inner} = \\text{add\\_decayed\\_weights}(\\lambda, \\text{mask})
+  \\circ \\text{sgd}(\\eta_t, \\text{momentum}=0.9)
+
+is PyTorch's ``SGD(momentum=0.9, weight_decay=1e-4)`` exactly
+(``buf = m * buf + g + lambda * w; w -= lr * buf``). The decay acts on the
+compressed leaves (kernels, U/V/C factors: floating leaves with
+``ndim >= 2``) by default; ``weight_decay_all=True`` decays every parameter,
+BatchNorm and biases included, like the reference code. The learning rate
+is multiplied by ``lr_decay_factor`` at the start of each epoch listed in
+``lr_decay_epochs`` (the reference's ``MultiStepLR``).
+
+The compression transform wraps ``inner`` as the outermost transformation:
+
+* ``"none"``: ``inner`` alone (dense stages);
+* ``"fixed_support"``: :func:`atmc_jax.optim.fixed_support` on the support of
+  a one-shot global magnitude pruning to the budget (NAP / AP);
+* ``"l0"``: :func:`atmc_jax.optim.atmc` with ``bits=None`` (AL0 on a dense
+  model, ATMC-32 on a factorized one);
+* ``"atmc"``: :func:`atmc_jax.optim.atmc` with ``bits`` (ATMC-8);
+* ``"low_rank"``: :func:`atmc_jax.optim.projected` onto fixed per-layer
+  ranks (ALR).
+
+The budget is ``k = floor(p * dense weight count)`` in every case.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from atmc_jax import optim
+from atmc_jax import projections
+from atmc_jax._src import base
+from atmc_jax._src import tree_utils
+
+
+def lr_schedule(learning_rate: float, steps_per_epoch: int,
+                decay_epochs, decay_factor: float = 0.1) -> optax.Schedule:
+  """Step decay by epoch: ``lr * factor ** #{e in decay_epochs: epoch >= e}``.
+
+  The schedule is evaluated at the optimizer's update count ``t`` (0 for the
+  first step), whose epoch is ``t // steps_per_epoch``.
+  """
+  if not list(decay_epochs):
+    return optax.constant_schedule(learning_rate)
+  boundaries = jnp.asarray(
+      sorted(int(e) * steps_per_epoch for e in decay_epochs), jnp.int32)
+
+  def schedule(count):
+    drops = jnp.sum(count >= boundaries)
+    return learning_rate * decay_factor ** drops
+
+  return schedule
+
+
+def budget_for(params: base.Params, sparsity: float) -> int:
+  """``floor(p * dense_weight_count(params))``."""
+  return int(math.floor(sparsity * optim.dense_weight_count(params)))
+
+
+@dataclasses.dataclass
+class Compression:
+  """What the compression of one stage needs besides the optimizer.
+
+  Attributes:
+    kind: the ``config.compression`` value.
+    budget: ``k`` (number of non-zeros allowed), or None for dense stages.
+    bits: the codebook bits (``"atmc"`` only), or None.
+    ranks: the fixed per-leaf ranks (``"low_rank"`` only), a pytree of ints
+      with the params' structure (0 for unselected leaves), or None.
+    quantizer: the k-means method for ``"atmc"``.
+  """
+
+  kind: str
+  budget: Optional[int] = None
+  bits: Optional[int] = None
+  ranks: Any = None
+  quantizer: str = 'lloyd'
+
+  def deployable(self, params: base.Params) -> base.Params:
+    """The exactly feasible model the stage deploys."""
+    if self.kind == 'none':
+      return params
+    if self.kind == 'low_rank':
+      return projections.project_low_rank(params, self.ranks)
+    return optim.deployable_params(params, budget=self.budget,
+                                   bits=self.bits if self.kind == 'atmc'
+                                   else None,
+                                   quantizer=self.quantizer)
+
+  def low_rank_bits(self, params: base.Params) -> Optional[int]:
+    """ALR's real size ``32 * sum_l r_l (m_l + n_l)`` (None for others)."""
+    if self.kind != 'low_rank':
+      return None
+    total = 0
+    for r, p in zip(jax.tree.leaves(self.ranks), jax.tree.leaves(params)):
+      if r and np.ndim(p) >= 2:
+        shape = np.shape(p)
+        m, n = shape[-1], int(np.prod(shape[:-1]))
+        total += int(r) * (m + n)
+    return 32 * total
+
+
+def prepare_compression(config, params: base.Params
+                        ) -> tuple[base.Params, Compression]:
+  """One-shot start of a compression stage on the warm-start params.
+
+  ``"fixed_support"`` prunes to the budget by global magnitude;
+  ``"low_rank"`` truncates the singular values globally, keeping the
+  fraction ``config.sparsity`` of them, and fixes the resulting ranks;
+  ``"l0"``/``"atmc"`` project onto the budget (the first step would anyway).
+
+  Args:
+    config: the stage-applied config.
+    params: the warm-start params (for a factorized model: U, V, C).
+
+  Returns:
+    ``(params, compression)``.
+  """
+  kind = config.compression
+  if kind == 'none':
+    return params, Compression(kind)
+  budget = budget_for(params, config.sparsity)
+  if kind == 'low_rank':
+    ranks = projections.low_rank_ranks(params, config.sparsity)
+    params = projections.project_low_rank(params, ranks)
+    return params, Compression(kind, budget=budget, ranks=ranks)
+  params = projections.project_l0(params, budget)
+  bits = config.bits if kind == 'atmc' else None
+  return params, Compression(kind, budget=budget, bits=bits,
+                             quantizer=config.quantizer)
+
+
+def make_optimizer(config, params: base.Params, compression: Compression,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
+  """The full optimizer of a stage (see the module docstring).
+
+  Args:
+    config: the stage-applied config.
+    params: the initial params (after :func:`prepare_compression`).
+    compression: from :func:`prepare_compression`.
+    steps_per_epoch: optimizer steps per epoch (for the schedule).
+
+  Returns:
+    An optax transformation whose ``update`` needs ``params``.
+  """
+  schedule = lr_schedule(config.learning_rate, steps_per_epoch,
+                         config.lr_decay_epochs, config.lr_decay_factor)
+  decay_mask = None if config.weight_decay_all else tree_utils.default_mask
+  parts = []
+  if config.weight_decay:
+    parts.append(optax.add_decayed_weights(config.weight_decay, decay_mask))
+  parts.append(optax.sgd(schedule, momentum=config.momentum or None,
+                         nesterov=False))
+  inner = optax.chain(*parts)
+  kind = compression.kind
+  if kind == 'none':
+    return inner
+  if kind == 'fixed_support':
+    support = optim.magnitude_support(params, compression.budget)
+    return optim.fixed_support(inner, support)
+  if kind == 'low_rank':
+    return optim.projected(
+        inner, functools.partial(projections.project_low_rank,
+                                 rank=compression.ranks))
+  return optim.atmc(inner, budget=compression.budget, bits=compression.bits,
+                    rho=config.rho, admm_interval=config.admm_interval,
+                    quantizer=config.quantizer)
+
+
+def current_lr(config, steps_per_epoch: int) -> Callable[[int], float]:
+  schedule = lr_schedule(config.learning_rate, steps_per_epoch,
+                         config.lr_decay_epochs, config.lr_decay_factor)
+  return lambda step: float(schedule(step))

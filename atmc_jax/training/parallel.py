@@ -1,0 +1,140 @@
+"""Data parallelism: the only module that calls ``jax.pmap``.
+
+Every other module writes per-device code with collectives over the axis
+``"batch"`` (:data:`AXIS_NAME`). This module
+
+* maps those per-device steps over the local devices
+  (:func:`pmap_train_step`, :func:`pmap_eval_step`);
+* replicates a pytree onto the local devices (:func:`replicate`) and takes
+  one copy back (:func:`unreplicate`);
+* reshapes a host batch to ``(local_devices, per_device, ...)``
+  (:func:`shard_batch`) and prefetches batches to the devices
+  (:func:`prefetch_to_device`);
+* joins a multi-host run (:func:`initialize_distributed`).
+
+Each host feeds only its own slice of the global batch (see
+``atmc_jax.data.iterate_batches(process_index=..., process_count=...)``);
+``lax.pmean``/``lax.psum`` then reduce over all devices of all hosts.
+
+Since JAX 0.8 ``jax.pmap`` is implemented with ``jit`` + ``shard_map``; the
+per-device steps do not depend on ``pmap``, so moving to
+``jit`` + ``NamedSharding(mesh, P("batch"))`` only changes this module.
+"""
+
+import collections
+import itertools
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import numpy as np
+
+from atmc_jax._src import base
+
+AXIS_NAME = 'batch'
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-host run; a no-op on a single host.
+
+  On a Cloud TPU pod slice (and under SLURM / Open MPI) ``jax`` discovers the
+  coordinator itself; elsewhere set ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. Call it before anything else
+  touches ``jax`` devices.
+  """
+  if os.environ.get('JAX_COORDINATOR_ADDRESS') or _on_tpu_pod():
+    jax.distributed.initialize()
+
+
+def _on_tpu_pod() -> bool:
+  hosts = os.environ.get('TPU_WORKER_HOSTNAMES', '')
+  return len([h for h in hosts.split(',') if h]) > 1
+
+
+def local_device_count() -> int:
+  return jax.local_device_count()
+
+
+def _sharding(devices=None):
+  devices = jax.local_devices() if devices is None else devices
+  mesh = jax.sharding.Mesh(np.array(devices), (AXIS_NAME,))
+  return jax.NamedSharding(mesh, jax.P(AXIS_NAME)), len(devices)
+
+
+def replicate(tree: base.PyTree, devices=None) -> base.PyTree:
+  """Copies every leaf onto each local device (leading axis = device)."""
+  sharding, n = _sharding(devices)
+
+  def put(x):
+    x = np.asarray(jax.device_get(x))
+    return jax.device_put(np.broadcast_to(x, (n,) + x.shape), sharding)
+
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree: base.PyTree) -> base.PyTree:
+  """The first device's copy of a replicated pytree, as NumPy arrays."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
+
+
+def shard_batch(batch: base.PyTree, num_devices: int | None = None
+                ) -> base.PyTree:
+  """Reshapes host arrays ``(B, ...)`` to ``(devices, B // devices, ...)``.
+
+  Raises:
+    ValueError: ``B`` is not a multiple of the device count.
+  """
+  n = jax.local_device_count() if num_devices is None else num_devices
+
+  def reshape(x):
+    x = np.asarray(x)
+    if x.shape[0] % n:
+      raise ValueError(
+          f'batch dimension {x.shape[0]} is not divisible by the local '
+          f'device count {n}; use a per-host batch that is a multiple of {n}.')
+    return x.reshape((n, x.shape[0] // n) + x.shape[1:])
+
+  return jax.tree.map(reshape, batch)
+
+
+def prefetch_to_device(batches: Iterable[base.PyTree], size: int = 2,
+                       devices=None) -> Iterator[base.PyTree]:
+  """Shards host batches and keeps ``size`` of them in flight on device."""
+  sharding, n = _sharding(devices)
+  queue = collections.deque()
+  iterator = iter(batches)
+
+  def put(batch):
+    return jax.tree.map(lambda x: jax.device_put(x, sharding),
+                        shard_batch(batch, n))
+
+  def enqueue(k):
+    for batch in itertools.islice(iterator, k):
+      queue.append(put(batch))
+
+  enqueue(max(size, 1))
+  while queue:
+    yield queue.popleft()
+    enqueue(1)
+
+
+def pmap_train_step(train_step: Callable[..., Any], *,
+                    donate: bool = True, devices=None) -> Callable[..., Any]:
+  """Maps ``train_step(state, batch, key)`` over the local devices.
+
+  The state and the batch carry a leading device axis; the key is broadcast.
+  With ``donate`` the input state's buffers are reused for the output.
+  """
+  return jax.pmap(train_step, axis_name=AXIS_NAME, in_axes=(0, 0, None),
+                  donate_argnums=(0,) if donate else (), devices=devices)
+
+
+def pmap_eval_step(eval_step: Callable[..., Any], *,
+                   devices=None) -> Callable[..., Any]:
+  """Maps ``eval_step(params, batch_stats, batch, key)`` over local devices.
+
+  ``params``/``batch_stats`` and the batch carry a leading device axis; the
+  key is broadcast. The psum-reduced outputs are identical on every device.
+  """
+  return jax.pmap(eval_step, axis_name=AXIS_NAME, in_axes=(0, 0, 0, None),
+                  devices=devices)
