@@ -15,5 +15,11 @@ from atmc_jax.data._idx import find_idx_dir
 from atmc_jax.data._idx import has_idx_split
 from atmc_jax.data._idx import load_idx_split
 from atmc_jax.data._idx import read_idx
+from atmc_jax.data._pipeline import BatchIterator
+from atmc_jax.data._pipeline import augment_batch
+from atmc_jax.data._pipeline import epoch_permutation
+from atmc_jax.data._pipeline import iterate_batches
+from atmc_jax.data._pipeline import num_batches
+from atmc_jax.data._pipeline import prefetch
 from atmc_jax.data._tfds import load_tfds_split
 from atmc_jax.data._tfds import read_data_source
