@@ -1,12 +1,19 @@
 """Tests for loading tfds data sources, with ``tfds.testing.mock_data``."""
 
+import importlib.resources
+import io
 import os
+import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.features import image_feature
+from tensorflow_datasets.testing import test_utils
 
 from atmc_jax import data
 
@@ -86,6 +93,66 @@ class MockedTfdsTest(parameterized.TestCase):
       data.read_data_source(_Source(records))
     with self.assertRaisesRegex(ValueError, '0 records'):
       data.read_data_source(_Source([]))
+
+
+def _encode_png_with_pil(self, image):
+  del self
+  buf = io.BytesIO()
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+      buf, format='PNG')
+  return buf.getvalue()
+
+
+class PreparedArrayRecordTest(absltest.TestCase):
+  """The real (unmocked) path: an array_record dataset on disk."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls._tmp = tempfile.TemporaryDirectory()
+    cls.data_dir = cls._tmp.name
+    # Preparing a dataset needs TensorFlow only to encode PNGs (PIL does it
+    # here) and tfds's builder code looks up ``importlib_resources`` (the
+    # stdlib module serves). Reading afterwards needs neither.
+    with mock.patch.dict(sys.modules, {
+        'importlib_resources': sys.modules.get('importlib_resources',
+                                               importlib.resources)}), \
+        mock.patch.object(image_feature._ImageEncoder, '_encode_image',
+                          _encode_png_with_pil):
+      test_utils.DummyMnist(data_dir=cls.data_dir,
+                            file_format='array_record').download_and_prepare()
+
+  @classmethod
+  def tearDownClass(cls):
+    cls._tmp.cleanup()
+    super().tearDownClass()
+
+  def test_batched_read_matches_random_access(self):
+    source = tfds.data_source('dummy_mnist', split='train',
+                              data_dir=self.data_dir, download=False)
+    calls = []
+    original = type(source).__getitems__
+
+    def spy(self, keys):
+      calls.append(len(keys))
+      return original(self, keys)
+
+    with mock.patch.object(type(source), '__getitems__', spy):
+      images, labels = data.load_tfds_split('dummy_mnist', 'train',
+                                            data_dir=self.data_dir)
+    self.assertEqual(calls, [len(source)])  # one batched read, no fallback
+    self.assertEqual(images.shape, (len(source), 28, 28, 1))
+    self.assertEqual(images.dtype, np.uint8)
+    self.assertEqual(labels.dtype, np.int32)
+    for i in range(len(source)):
+      np.testing.assert_array_equal(images[i], source[i]['image'])
+      self.assertEqual(labels[i], source[i]['label'])
+    self.assertGreater(len(np.unique(labels)), 1)
+
+  def test_unknown_split_of_prepared_dataset(self):
+    with self.assertRaisesRegex(ValueError, "Unknown split 'validation'"):
+      data.load_tfds_split('dummy_mnist', 'validation',
+                           data_dir=self.data_dir)
 
 
 class MissingDataTest(absltest.TestCase):
