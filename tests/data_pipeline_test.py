@@ -157,6 +157,17 @@ class IterateBatchesTest(parameterized.TestCase):
     masks = np.concatenate([p[0]['mask'] for p in parts])
     np.testing.assert_array_equal(masks, [1, 1, 1, 0, 0, 0, 0, 0])
 
+  def test_augmented_eval_with_empty_process_slice(self):
+    images, labels = _dataset(n=3)
+    kw = dict(data=(images, labels), batch_size=8, seed=0, epoch=0,
+              augment='reflect_crop_flip', drop_remainder=False,
+              process_count=4)
+    last = _collect(process_index=3, **kw)[0]
+    np.testing.assert_array_equal(last['mask'], [0, 0])
+    np.testing.assert_array_equal(last['image'], 0.0)
+    first = _collect(process_index=0, **kw)[0]
+    np.testing.assert_array_equal(first['mask'], [1, 1])
+
   def test_float_images_pass_through(self):
     images = np.random.default_rng(0).random((10, 4, 4, 1)).astype(np.float64)
     batch = next(data.iterate_batches(images, np.zeros(10), batch_size=5,

@@ -93,6 +93,8 @@ def _apply_augment(images: np.ndarray, kind: str, oy: np.ndarray,
                    ox: np.ndarray, flips: np.ndarray, pad: int) -> np.ndarray:
   """Pads, crops at ``(oy, ox)`` and flips where ``flips``."""
   b, h, w, c = images.shape
+  if b == 0:
+    return images.copy()
   mode = 'constant' if kind == 'crop_flip' else 'reflect'
   padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
   wp = w + 2 * pad
@@ -113,7 +115,7 @@ def augment_batch(images: np.ndarray, kind: str, rng: np.random.Generator,
   Args:
     images: ``(B, H, W, C)`` array (any dtype; values are only moved).
     kind: one of ``'none'``, ``'crop_flip'`` (zero padding) or
-      ``'reflect_crop_flip'`` (reflect padding, needs ``pad < H, W``).
+      ``'reflect_crop_flip'`` (reflect padding, edge not repeated).
     rng: NumPy generator drawing the crop offsets (uniform on ``[0, 2 pad]``
       per axis) and the flips (probability 1/2).
     pad: padding on each side before the ``H x W`` crop.
@@ -137,10 +139,12 @@ def augment_batch(images: np.ndarray, kind: str, rng: np.random.Generator,
   return _apply_augment(images, kind, oy, ox, flips, pad)
 
 
-def _to_float(images: np.ndarray) -> np.ndarray:
+def _to_float(images: np.ndarray, out: np.ndarray) -> None:
+  """Writes ``images`` as float32 in ``[0, 1]`` into ``out`` (no temporary)."""
   if images.dtype == np.uint8:
-    return np.multiply(images, np.float32(1 / 255), dtype=np.float32)
-  return images.astype(np.float32, copy=False)
+    np.divide(images, np.float32(255), out=out, casting='unsafe')
+  else:
+    out[...] = images
 
 
 class BatchIterator:
@@ -224,8 +228,9 @@ class BatchIterator:
       part = slice(self._lo, self._lo + real)
       images = _apply_augment(images, self._augment, oy[part], ox[part],
                               flips[part], PAD)
-    image = np.zeros((self._local,) + self._images.shape[1:], np.float32)
-    image[:real] = _to_float(images)
+    image = np.empty((self._local,) + self._images.shape[1:], np.float32)
+    _to_float(images, image[:real])
+    image[real:] = 0.0
     label = np.zeros((self._local,), np.int32)
     label[:real] = labels
     mask = np.zeros((self._local,), np.float32)
