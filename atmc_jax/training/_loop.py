@@ -113,6 +113,8 @@ def create_model(config, spec, *, axis_name: Optional[str] = None):
   """The stage's model, with BatchNorm reducing over ``axis_name``."""
   kwargs = dict(config.model_kwargs.to_dict()) if config.model_kwargs else {}
   model_cls = models.MODELS[config.model]
+  while isinstance(model_cls, functools.partial):
+    model_cls = model_cls.func
   fields = getattr(model_cls, '__dataclass_fields__', {})
   if 'mean' in fields and spec.mean is not None:
     kwargs.setdefault('mean', tuple(spec.mean))
