@@ -292,6 +292,20 @@ def iterate_batches(
 
   Raises:
     ValueError: for any argument outside the ranges above.
+
+  Examples:
+    >>> import numpy as np
+    >>> from atmc_jax import data
+    >>> images = np.zeros((10, 4, 4, 1), np.uint8)
+    >>> labels = np.arange(10)
+    >>> batches = data.iterate_batches(
+    ...     images, labels, batch_size=4, seed=0, epoch=0, shuffle=False,
+    ...     drop_remainder=False)
+    >>> len(batches)
+    3
+    >>> last = list(batches)[-1]
+    >>> last['image'].shape, last['label'].tolist(), last['mask'].tolist()
+    ((4, 4, 4, 1), [8, 9, 0, 0], [1.0, 1.0, 0.0, 0.0])
   """
   return BatchIterator(
       images, labels, batch_size=batch_size, seed=seed, epoch=epoch,
