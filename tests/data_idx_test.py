@@ -59,6 +59,13 @@ class RealFashionMnistTest(absltest.TestCase):
     np.testing.assert_array_equal(labels, ref_labels)
 
 
+  def test_debian_files_after_an_empty_data_dir(self):
+    with tempfile.TemporaryDirectory() as empty:
+      _, labels = data.load_split('fashion_mnist', 'test', data_dir=empty,
+                                  source='idx')
+    self.assertEqual(labels.shape, (10_000,))
+
+
 class SmallIdxTest(parameterized.TestCase):
 
   def setUp(self):

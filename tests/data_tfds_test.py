@@ -170,11 +170,15 @@ class MissingDataTest(absltest.TestCase):
 
   def test_clear_error_for_fashion_mnist(self):
     with tempfile.TemporaryDirectory() as empty:
-      with self.assertRaises(FileNotFoundError) as cm:
+      no_debian = os.path.join(empty, 'no-debian')
+      with mock.patch('atmc_jax.data._idx.DEBIAN_FASHION_MNIST_DIR',
+                      no_debian), \
+          self.assertRaises(FileNotFoundError) as cm:
         data.load_split('fashion_mnist', 'test', data_dir=empty)
       message = str(cm.exception)
       self.assertIn(repr(empty), message)
       self.assertIn(repr(os.path.join(empty, 'fashion_mnist')), message)
+      self.assertIn(repr(no_debian), message)
       self.assertIn('apt-get install dataset-fashion-mnist', message)
       self.assertIn('tensorflow-cpu', message)
 

@@ -145,11 +145,10 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 def _idx_candidates(spec: DatasetSpec, data_dir: Optional[str]) -> list[str]:
   """Directories searched for IDX files, in order."""
-  if data_dir:
-    return [data_dir, os.path.join(data_dir, spec.name)]
+  candidates = [data_dir, os.path.join(data_dir, spec.name)] if data_dir else []
   if spec.name == 'fashion_mnist':
-    return [_idx.DEBIAN_FASHION_MNIST_DIR]
-  return []
+    candidates.append(_idx.DEBIAN_FASHION_MNIST_DIR)
+  return candidates
 
 
 def _check_arrays(spec: DatasetSpec, split: str, images: np.ndarray,
@@ -176,9 +175,8 @@ def load_split(
   Sources:
 
   * ``'idx'`` (MNIST and Fashion-MNIST only): MNIST-format IDX files in
-    ``data_dir`` or ``data_dir/<name>``; without ``data_dir``, Fashion-MNIST
-    is read from the Debian location
-    ``/usr/share/datasets/fashion-mnist/``.
+    ``data_dir`` or ``data_dir/<name>``, then, for Fashion-MNIST, in the
+    Debian location ``/usr/share/datasets/fashion-mnist/``.
   * ``'tfds'``: ``tfds.data_source(spec.tfds_name, ...)`` reading a dataset
     prepared in the ``array_record`` format under ``data_dir`` (default
     ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). No TensorFlow needed.
