@@ -182,6 +182,13 @@ class MissingDataTest(absltest.TestCase):
       self.assertIn('apt-get install dataset-fashion-mnist', message)
       self.assertIn('tensorflow-cpu', message)
 
+  def test_tfds_source_error_does_not_mention_idx(self):
+    with tempfile.TemporaryDirectory() as empty:
+      with self.assertRaises(FileNotFoundError) as cm:
+        data.load_split('mnist', 'test', data_dir=empty, source='tfds')
+    self.assertNotIn('IDX', str(cm.exception))
+    self.assertIn('tfds build mnist', str(cm.exception))
+
   def test_idx_source_only_for_idx_datasets(self):
     with self.assertRaisesRegex(ValueError, "'fashion_mnist', 'mnist'"):
       data.load_split('svhn', 'train', source='idx')

@@ -217,7 +217,7 @@ def load_split(
         return _check_arrays(spec, split, images, labels)
 
   idx_hint = ''
-  if spec.idx_format:
+  if spec.idx_format and source != 'tfds':
     where = ', '.join(repr(d) for d in searched) or 'nowhere (no data_dir)'
     idx_hint = (
         f'MNIST-format IDX files ({split} split) were looked for in {where}. '
