@@ -13,8 +13,7 @@ import pytest
 from atmc_jax import projections
 
 
-def _leaf(draw, float_values):
-  shape = draw(st.tuples(st.integers(1, 5), st.integers(1, 6)))
+def _leaf(draw, float_values, shape):
   kind = draw(st.sampled_from(['ties', 'floats', 'zeros']))
   if kind == 'zeros':
     return np.zeros(shape, np.float32)
@@ -28,8 +27,9 @@ def _leaf(draw, float_values):
 @st.composite
 def trees(draw):
   floats = st.floats(-10, 10, width=32, allow_subnormal=False)
-  n = draw(st.integers(1, 3))
-  tree = {f'w{i}': _leaf(draw, floats) for i in range(n)}
+  # Fixed shapes (one compilation); contents vary, incl. ties and zeros.
+  tree = {f'w{i}': _leaf(draw, floats, shape)
+          for i, shape in enumerate([(1, 6), (3, 4), (2, 2)])}
   tree['bias'] = draw(hnp.arrays(np.float32, (3,), elements=floats))
   return tree
 
@@ -51,6 +51,9 @@ def _reference(tree, k):
   return jax.tree.unflatten(treedef, out)
 
 
+_jit_l0 = jax.jit(projections.project_l0)
+
+
 def _nnz(tree):
   return sum(int(np.count_nonzero(x)) for x in jax.tree.leaves(tree)
              if np.ndim(x) >= 2)
@@ -64,7 +67,7 @@ def _size(tree):
 @given(tree=trees(), frac=st.floats(0, 1.2))
 def test_matches_stable_argsort_reference(tree, frac):
   k = int(frac * _size(tree))
-  out = projections.project_l0(tree, k)
+  out = _jit_l0(tree, jnp.int32(k))
   chex.assert_trees_all_equal_structs(out, tree)
   chex.assert_trees_all_equal_dtypes(out, tree)
   chex.assert_trees_all_equal(out, _reference(tree, k))
@@ -72,26 +75,24 @@ def test_matches_stable_argsort_reference(tree, frac):
   # Unselected (1-D) leaf is untouched.
   np.testing.assert_array_equal(out['bias'], tree['bias'])
   # Idempotent.
-  chex.assert_trees_all_equal(projections.project_l0(out, k), out)
+  chex.assert_trees_all_equal(_jit_l0(out, jnp.int32(k)), out)
 
 
 def test_exact_count_with_heavy_ties_and_traced_k():
   x = jnp.array([[1., -1., 1., 0.], [1., 2., -1., 1.]])
   tree = {'a': x, 'b': -x}
-  fn = jax.jit(projections.project_l0)
   for k in range(0, 17):
-    out = fn(tree, jnp.int32(k))
+    out = _jit_l0(tree, jnp.int32(k))
     assert _nnz(out) == min(k, 14)
     chex.assert_trees_all_equal(out, _reference(tree, k))
-    chex.assert_trees_all_equal(out, projections.project_l0(tree, k))
 
 
 def test_jit_equals_no_jit_and_float_types():
   key = jax.random.key(0)
-  tree = {'a': jax.random.normal(key, (30, 20)),
-          'b': jax.random.normal(key, (7, 3, 3, 4)).astype(jnp.bfloat16),
-          'c': jnp.zeros((5, 5))}
-  k = 123
+  tree = {'a': jax.random.normal(key, (6, 5)),
+          'b': jax.random.normal(key, (2, 3, 1, 2)).astype(jnp.bfloat16),
+          'c': jnp.zeros((2, 2))}
+  k = 17
   out = projections.project_l0(tree, k)
   chex.assert_trees_all_equal(jax.jit(projections.project_l0,
                                       static_argnums=1)(tree, k), out)
@@ -114,10 +115,12 @@ def test_large_exact_count_and_threshold():
 
 def test_mask_respected():
   tree = {'a': jnp.arange(1., 7.).reshape(2, 3), 'b': jnp.ones((2, 2)) * 10}
-  out = projections.project_l0(tree, 2, mask={'a': True, 'b': False})
+  out = jax.jit(lambda t: projections.project_l0(
+      t, 2, mask={'a': True, 'b': False}))(tree)
   np.testing.assert_array_equal(out['b'], tree['b'])
   np.testing.assert_array_equal(out['a'], [[0, 0, 0], [0, 5, 6]])
-  out = projections.project_l0(tree, 2, mask=lambda t: {'a': False, 'b': True})
+  out = jax.jit(lambda t: projections.project_l0(
+      t, 2, mask=lambda p: {'a': False, 'b': True}))(tree)
   np.testing.assert_array_equal(out['a'], tree['a'])
   np.testing.assert_array_equal(out['b'], [[10, 10], [0, 0]])
 

@@ -45,63 +45,104 @@ def _key_dtypes(leaves: Sequence[jax.Array]):
   return jnp.float32, jnp.int32, 31
 
 
-def magnitude_keys(leaves: Sequence[jax.Array]) -> tuple[jax.Array, int]:
-  """Concatenated non-negative integer keys, monotone in ``|x|``."""
+def magnitude_keys(leaves: Sequence[jax.Array]
+                   ) -> tuple[list[jax.Array], int]:
+  """Flat non-negative integer keys per leaf, monotone in ``|x|``."""
   fdtype, idtype, nbits = _key_dtypes(leaves)
-  flat = jnp.concatenate(
-      [jnp.abs(jnp.ravel(x).astype(fdtype)) for x in leaves])
   # abs(-0.0) is +0.0, so equal magnitudes have equal keys.
-  return jax.lax.bitcast_convert_type(flat, idtype), nbits
+  return [jax.lax.bitcast_convert_type(jnp.abs(jnp.ravel(x).astype(fdtype)),
+                                       idtype) for x in leaves], nbits
 
 
-def kth_largest_key(keys: jax.Array, k, nbits: int) -> jax.Array:
-  """The k-th largest of non-negative integer ``keys`` (radix select).
+def _suffix_sums(h: jax.Array) -> jax.Array:
+  """``out[d] = sum(h[d:])`` for a power-of-two length vector.
 
-  Returns the largest ``t`` with ``count(keys >= t) >= k``: for
-  ``1 <= k <= keys.size`` that is the k-th largest key; for ``k == 0`` it is
-  the maximal key value (nothing is strictly above it).
+  Computed as a two-level blocked sum of broadcast comparisons rather than
+  ``cumsum`` (cheaper to compile and run on CPU for a few thousand bins).
   """
-  idtype = keys.dtype
-  widths = _DIGITS[nbits]
+  n = h.shape[0]
+  w = 1 << ((n.bit_length() - 1 + 1) // 2)   # block width ~ sqrt(n)
+  blocks = h.reshape(n // w, w)
+  j = jnp.arange(w)
+  # Within-block suffix sums.
+  inner = jnp.sum(jnp.where(j[None, :] >= j[:, None], blocks[:, None, :], 0),
+                  axis=-1)
+  totals = jnp.sum(blocks, axis=-1)
+  b = jnp.arange(n // w)
+  # Sum of the blocks strictly after each block.
+  after = jnp.sum(jnp.where(b[None, :] > b[:, None], totals[None, :], 0),
+                  axis=-1)
+  return (inner + after[:, None]).reshape(n)
+
+
+def kth_largest_key(keys: Sequence[jax.Array], k, nbits: int) -> jax.Array:
+  """The k-th largest of the non-negative integer ``keys`` (radix select).
+
+  Args:
+    keys: flat integer arrays (all of one dtype), read as one concatenation.
+    k: the rank sought (int or traced int scalar).
+    nbits: 31 (int32 keys) or 63 (int64 keys).
+
+  Returns:
+    ``(t, n_above, n_equal)``: ``t`` is the largest value with
+    ``count(keys >= t) >= k`` (for ``1 <= k <= size`` the k-th largest key;
+    for ``k == 0`` the maximal value of the dtype), ``n_above`` and
+    ``n_equal`` count the keys ``> t`` and ``== t``.
+  """
+  idtype = keys[0].dtype
   prefix = jnp.zeros((), idtype)     # the digits chosen so far
   remaining = jnp.asarray(k, idtype)  # rank sought among matching keys
+  n_above = jnp.zeros((), idtype)     # keys above the chosen prefix
   shift = nbits
-  for i, width in enumerate(widths):
+  for i, width in enumerate(_DIGITS[nbits]):
     shift -= width
-    digit = (keys >> shift) & ((1 << width) - 1)
-    if i == 0:
-      weights = None
-    else:
-      weights = ((keys >> (shift + width)) == prefix).astype(jnp.int32)
-    hist = jnp.bincount(digit.astype(jnp.int32), weights=weights,
-                        length=1 << width).astype(idtype)
+    n_bins = 1 << width
+    hist = jnp.zeros((n_bins,), jnp.int32)
+    for kk in keys:
+      digit = ((kk >> shift) & (n_bins - 1)).astype(jnp.int32)
+      if i > 0:  # only keys matching the digits chosen so far
+        digit = jnp.where((kk >> (shift + width)) == prefix, digit, n_bins)
+      hist = hist + jnp.bincount(digit, length=n_bins + 1)[:n_bins]
     # at_least[d] = number of matching keys whose digit is >= d.
-    at_least = jnp.cumsum(hist[::-1])[::-1]
-    ok = at_least >= remaining
-    d = jnp.max(jnp.where(ok, jnp.arange(1 << width, dtype=idtype), 0))
-    above = jnp.where(d + 1 < (1 << width),
-                      at_least[jnp.minimum(d + 1, (1 << width) - 1)], 0)
+    at_least = _suffix_sums(hist).astype(idtype)
+    d = jnp.max(jnp.where(at_least >= remaining,
+                          jnp.arange(n_bins, dtype=idtype), 0))
+    above = jnp.where(d + 1 < n_bins,
+                      at_least[jnp.minimum(d + 1, n_bins - 1)], 0)
     remaining = remaining - above
+    n_above = n_above + above
     prefix = (prefix << width) | d
-  return prefix
+  return prefix, n_above, hist[d].astype(idtype)
 
 
-def keep_mask_from_keys(keys: jax.Array, k, nbits: int) -> jax.Array:
-  """Bool mask of the k largest keys; ties go to the earlier position."""
-  t = kth_largest_key(keys, k, nbits)
-  above = keys > t
-  equal = keys == t
-  needed = jnp.asarray(k, jnp.int32) - jnp.sum(above, dtype=jnp.int32)
-  n_equal = jnp.sum(equal, dtype=jnp.int32)
+def select_thresholds(keys: Sequence[jax.Array], k, nbits: int
+                      ) -> tuple[jax.Array, jax.Array]:
+  """``(t, p)``: keep entry ``i`` iff ``key > t or (key == t and i < p)``.
+
+  ``i`` is the position in the concatenation of ``keys``; exactly
+  ``min(k, size)`` entries are kept, ties at ``t`` going to the earliest
+  positions.
+  """
+  t, n_above, n_equal = kth_largest_key(keys, k, nbits)
+  needed = jnp.asarray(k, n_above.dtype) - n_above
+  total = sum(kk.size for kk in keys)
 
   def split_ties(_):
-    rank = jnp.cumsum(equal, dtype=jnp.int32)  # 1-based among the ties
-    return above | (equal & (rank <= needed))
+    # The needed-th smallest position among the ties, as the needed-th
+    # largest of (total - position) over tied entries (0 elsewhere).
+    rev, offset = [], 0
+    for kk in keys:
+      pos = offset + jnp.arange(kk.size, dtype=jnp.int32)
+      rev.append(jnp.where(kk == t, total - pos, 0))
+      offset += kk.size
+    v, _, _ = kth_largest_key(rev, jnp.maximum(needed, 1), 31)
+    return jnp.where(needed > 0, total - v + 1, 0).astype(jnp.int32)
 
   def keep_all_ties(_):
-    return above | (equal & (needed > 0))
+    return jnp.asarray(total, jnp.int32)
 
-  return jax.lax.cond(n_equal > needed, split_ties, keep_all_ties, None)
+  p = jax.lax.cond(n_equal > needed, split_ties, keep_all_ties, None)
+  return t, p
 
 
 def project_l0(tree: base.PyTree, k, mask: base.MaskOrFn = None
@@ -158,11 +199,12 @@ def project_l0(tree: base.PyTree, k, mask: base.MaskOrFn = None
   if not isinstance(k, (int, np.integer)):
     k = jnp.clip(jnp.asarray(k, jnp.int32), 0, total)
   keys, nbits = magnitude_keys(sel)
-  keep = keep_mask_from_keys(keys, k, nbits)
+  t, p = select_thresholds(keys, k, nbits)
   out = list(leaves)
   offset = 0
-  for i, x in zip(selected, sel):
-    m = keep[offset:offset + x.size].reshape(x.shape)
-    out[i] = jnp.where(m, x, jnp.zeros((), x.dtype))
+  for i, x, kk in zip(selected, sel, keys):
+    pos = offset + jnp.arange(x.size, dtype=jnp.int32)
+    keep = (kk > t) | ((kk == t) & (pos < p))
+    out[i] = jnp.where(keep.reshape(x.shape), x, jnp.zeros((), x.dtype))
     offset += x.size
   return jax.tree.unflatten(treedef, out)
