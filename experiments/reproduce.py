@@ -234,7 +234,7 @@ def stage_config(grid: ml_collections.ConfigDict, stage: Stage,
     config.bits = (int(grid.get('atmc_bits', 8)) if stage.method == 'atmc8'
                    else None)
     parent = stage.parent
-    config.init_from = (os.path.join(workdir, parent.name)
+    config.init_from = (os.path.abspath(os.path.join(workdir, parent.name))
                         if parent is not None else '')
   return config
 
@@ -262,6 +262,9 @@ def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
 
   Returns:
     ``(summary, ran)``: the stage's summary and whether training was called.
+    A run that stopped early (``config.max_steps``, SIGTERM) returns a
+    summary whose ``status`` is not ``"finished"``; its stage stays
+    unfinished and the next call resumes it.
   """
   if is_finished(stage_dir):
     with open(os.path.join(stage_dir, SUMMARY_FILE)) as f:
@@ -289,7 +292,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
   finally:
     with open(time_path, 'w') as f:
       json.dump({'wall_time_s': spent + time.time() - start}, f)
-  if not is_finished(stage_dir):  # The trainer is expected to write it.
+  finished = summary.get('status', 'finished') == 'finished'
+  if finished and not is_finished(stage_dir):  # The trainer normally writes it.
     with open(os.path.join(stage_dir, SUMMARY_FILE), 'w') as f:
       json.dump(summary, f, indent=2, default=_json_default)
   return summary, True
@@ -305,3 +309,221 @@ def stage_wall_time(stage_dir: str, summary: Mapping[str, Any]) -> float:
     if k in summary:
       return float(summary[k])
   return float('nan')
+
+
+_TA_KEYS = ('ta', 'test_deployable_accuracy', 'test_accuracy')
+_ATA_KEYS = ('ata', 'test_deployable_adv_accuracy', 'test_adv_accuracy')
+
+
+def _summary_value(summary: Mapping[str, Any], keys: Sequence[str]) -> Any:
+  for k in keys:
+    if summary.get(k) is not None:
+      return summary[k]
+  return None
+
+
+def result_row(dataset: str, stage: Stage, stage_dir: str,
+               summary: Mapping[str, Any]) -> dict[str, Any]:
+  """The ``results.csv`` row of one finished stage.
+
+  TA, ATA, nnz, bits and the compression ratio are those ``train_and_evaluate``
+  measured on the stage's *deployable* model at the end of training (the
+  compressed model the stage ships: exactly feasible for the L0 budget and,
+  for ATMC-8, the per-tensor codebooks; for ALR, the rank-truncated model
+  sized as ``32 * sum_l r_l (m_l + n_l)``); :func:`load_deployable` rebuilds
+  the same model from the stage's checkpoint.
+  """
+  return dict(
+      dataset=dataset,
+      method=stage.method,
+      p=stage.p,
+      compression_ratio=summary.get('compression_ratio', 1.0),
+      ta=_summary_value(summary, _TA_KEYS),
+      ata=_summary_value(summary, _ATA_KEYS),
+      nnz=summary.get('nnz'),
+      bits=summary.get('model_bits', summary.get('bits')),
+      wall_time_s=stage_wall_time(stage_dir, summary),
+  )
+
+
+@dataclasses.dataclass
+class Deployed:
+  """A finished stage's deployable model, rebuilt from its workdir.
+
+  Attributes:
+    config: the stage's (stage-applied) training config.
+    model: the Flax model.
+    params: the deployable params (compressed exactly as the stage ships).
+    batch_stats: BatchNorm statistics (``{}`` without BatchNorm).
+    dense_weight_count: weights of the dense network.
+    size: ``nnz``, ``model_bits`` and ``compression_ratio`` by the paper's
+      accounting (ALR: ``32 * sum_l r_l (m_l + n_l)``).
+  """
+  config: ml_collections.ConfigDict
+  model: Any
+  params: Any
+  batch_stats: Any
+  dense_weight_count: int
+  size: dict[str, Any]
+
+  def logits_fn(self) -> Callable[[Any], Any]:
+    """``x -> logits`` in inference mode, for the attacks."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from atmc_jax import training  # pylint: disable=g-import-not-at-top
+    return jax.tree_util.Partial(training.make_logits_fn(
+        self.model, self.params, self.batch_stats))
+
+
+def read_stage_config(stage_dir: str) -> ml_collections.ConfigDict:
+  """The stage-applied config ``train_and_evaluate`` saved in ``stage_dir``.
+
+  Raises:
+    ValueError: ``stage_dir`` holds no ``config.json``.
+  """
+  path = os.path.join(stage_dir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{stage_dir!r} holds no config.json; accepted: the '
+                     'workdir of a train_and_evaluate run.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def _resolve_init_from(stage_dir: str, init_from: str) -> str:
+  """``init_from`` as saved, or the sibling of the same name if it moved."""
+  if not init_from or os.path.isdir(init_from):
+    return init_from
+  sibling = os.path.join(os.path.dirname(os.path.abspath(stage_dir)),
+                         os.path.basename(os.path.normpath(init_from)))
+  return sibling if os.path.isdir(sibling) else init_from
+
+
+def load_deployable(stage_dir: str) -> Deployed:
+  """Rebuilds a finished stage's deployable model from its checkpoint.
+
+  Restores the latest checkpoint of ``stage_dir`` (the state the stage's test
+  evaluation used), rebuilds the stage's compression exactly as
+  ``train_and_evaluate`` did (budget ``floor(p * dense weight count)``,
+  bits; ALR's ranks from the warm-start model) and applies it.
+
+  Args:
+    stage_dir: the workdir of a finished ``train_and_evaluate`` run.
+
+  Returns:
+    A :class:`Deployed`.
+
+  Raises:
+    ValueError: ``stage_dir`` holds no config or no checkpoint.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from atmc_jax import data  # pylint: disable=g-import-not-at-top
+  from atmc_jax import optim  # pylint: disable=g-import-not-at-top
+  from atmc_jax import training  # pylint: disable=g-import-not-at-top
+
+  config = read_stage_config(stage_dir)
+  spec = data.DATASETS[config.dataset]
+  model = training.create_model(config, spec)
+  state, _ = training.restore_state_dict(stage_dir)
+  params = state['params']
+  batch_stats = state.get('batch_stats') or {}
+  warm = params
+  init_from = _resolve_init_from(stage_dir, config.get('init_from') or '')
+  if config.compression == 'low_rank' and init_from:
+    # ALR's ranks are fixed from the warm-start (DA) model's spectrum.
+    warm = training.restore_state_dict(
+        init_from, best=bool(config.get('init_from_best')))[0]['params']
+  _, compression = training.prepare_compression(config, warm)
+  dense_count = int(optim.dense_weight_count(params))
+  deployable = jax.device_get(jax.jit(compression.deployable)(params))
+  stats = optim.compression_stats(deployable, dense_count)
+  size = {'nnz': int(stats['nnz']), 'model_bits': int(stats['bits']),
+          'compression_ratio': float(stats['ratio'])}
+  alr_bits = compression.low_rank_bits(deployable)
+  if alr_bits is not None:
+    size['model_bits'] = int(alr_bits)
+    size['compression_ratio'] = alr_bits / (32.0 * dense_count)
+  return Deployed(config=config, model=model, params=deployable,
+                  batch_stats=batch_stats, dense_weight_count=dense_count,
+                  size=size)
+
+
+def write_reports(rows: Sequence[Mapping[str, Any]], workdir: str,
+                  title: Optional[str] = None) -> dict[str, str]:
+  """Writes ``results.csv``, ``results.md``, ``results.png``/``.pdf``.
+
+  Returns:
+    A dict ``{'csv': path, 'md': path, 'png': path, 'pdf': path}``.
+  """
+  rows = _report.sort_rows(rows)
+  paths = {'csv': os.path.join(workdir, 'results.csv'),
+           'md': os.path.join(workdir, 'results.md')}
+  _report.write_csv(rows, paths['csv'], _report.RESULT_FIELDS)
+  with open(paths['md'], 'w') as f:
+    f.write(_report.results_markdown(rows, title=title))
+  png, pdf = _report.plot_results(rows, os.path.join(workdir, 'results'),
+                                  title=title)
+  paths.update(png=png, pdf=pdf)
+  return paths
+
+
+def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
+              train_fn: Optional[TrainFn] = None) -> list[dict[str, Any]]:
+  """Runs (or resumes) every stage of the grid and writes the reports.
+
+  Args:
+    grid: the grid config: ``base`` (a training config), ``methods``,
+      ``sparsities``, ``stage_overrides``, ``atmc_bits``.
+    workdir: the output directory; each stage runs in ``workdir/<stage>``.
+    train_fn: ``(config, workdir) -> summary``; default
+      ``atmc_jax.training.train_and_evaluate``.
+
+  Returns:
+    The result rows, one per finished stage, in the order of
+    ``results.csv``. When a stage stops early (``max_steps``, SIGTERM) the
+    grid stops there; the reports cover the stages finished so far.
+
+  Raises:
+    ValueError: bad ``methods`` or ``sparsities``.
+  """
+  stages = plan_stages(grid.methods, grid.sparsities)
+  train_fn = train_fn or _default_train_fn()
+  os.makedirs(workdir, exist_ok=True)
+  dataset = grid.base.dataset
+  logging.info('reproduce: %d stages: %s', len(stages),
+               ', '.join(s.name for s in stages))
+  rows = []
+  for i, stage in enumerate(stages):
+    stage_dir = os.path.join(workdir, stage.name)
+    config = stage_config(grid, stage, workdir)
+    summary, ran = run_stage(config, stage_dir, train_fn)
+    if not is_finished(stage_dir):
+      logging.warning('[%d/%d] %s stopped before the end (%s); rerun the '
+                      'same command to resume it. Reporting the %d finished '
+                      'stages.', i + 1, len(stages), stage.name,
+                      summary.get('status'), len(rows))
+      break
+    row = result_row(dataset, stage, stage_dir, summary)
+    logging.info('[%d/%d] %s (%s): TA %s ATA %s CR %.4g', i + 1, len(stages),
+                 stage.name, 'trained' if ran else 'cached', row['ta'],
+                 row['ata'], row['compression_ratio'])
+    rows.append(row)
+  if rows:
+    write_reports(rows, workdir, title=grid.get('title') or dataset)
+  return _report.sort_rows(rows)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Grid config file (experiments/configs/fmnist_*.py).',
+    lock_config=False)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  rows = reproduce(_CONFIG.value, _WORKDIR.value)
+  print(_report.results_markdown(rows))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

@@ -6,10 +6,14 @@ import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
+import jax
 import ml_collections
 
+from atmc_jax import optim
+from atmc_jax import training
 from experiments import _report
 from experiments import reproduce
+from experiments.configs import default
 
 
 def _tempdir(test_case):
@@ -162,6 +166,97 @@ class ReportTest(absltest.TestCase):
     self.assertIn('| AL0 | 0.01 | 0.01 | 0.800 | 0.500 | 0.600 | 0.500 | '
                   '0.400 | +10.0 | **yes** |', md)
     self.assertIn('| DA |  | 1 | 0.900 |', md)
+
+
+def _mini_grid():
+  """DA and AL0 at p = 0.01: LeNet on 320 real Fashion-MNIST images."""
+  grid = ml_collections.ConfigDict()
+  base = default.get_config()
+  base.dataset = 'fashion_mnist'
+  base.max_train_examples = 192 + 64
+  base.num_val = 64
+  base.max_test_examples = 64
+  base.batch_size = 64
+  base.eval_batch_size = 64
+  base.num_epochs = 1
+  base.lr_decay_epochs = ()
+  base.train_attack.num_steps = 2
+  base.eval.attack.num_steps = 2
+  base.progress = False
+  base.log_every_steps = 1
+  grid.base = base
+  grid.methods = 'da,al0'
+  grid.sparsities = '0.01'
+  grid.stage_overrides = {'al0': {'learning_rate': 0.005}}
+  return grid
+
+
+class EndToEndTest(absltest.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # Compilation dominates this test; XLA's optimisations do not pay off.
+    previous = jax.config.read('jax_disable_most_optimizations')
+    jax.config.update('jax_disable_most_optimizations', True)
+    self.addCleanup(jax.config.update, 'jax_disable_most_optimizations',
+                    previous)
+
+  def test_mini_grid_runs_caches_resumes_and_reports(self):
+    workdir = _tempdir(self)
+    grid = _mini_grid()
+    calls = []
+
+    def train_fn(config, stage_dir):
+      calls.append(os.path.basename(stage_dir))
+      if len(calls) == 1:  # Interrupt DA after 1 of its 3 steps.
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.max_steps = 1
+      return training.train_and_evaluate(config, stage_dir)
+
+    # 1: DA stops early; nothing after it runs, nothing is reported.
+    self.assertEqual(reproduce.reproduce(grid, workdir, train_fn=train_fn),
+                     [])
+    self.assertEqual(calls, ['da'])
+    self.assertFalse(reproduce.is_finished(os.path.join(workdir, 'da')))
+    # 2: DA resumes from its checkpoint; AL0 warm-starts from DA.
+    rows = reproduce.reproduce(grid, workdir, train_fn=train_fn)
+    self.assertEqual(calls, ['da', 'da', 'al0_p0.01'])
+    self.assertEqual([(r['method'], r['p']) for r in rows],
+                     [('da', None), ('al0', 0.01)])
+    for name in ('results.csv', 'results.md', 'results.png', 'results.pdf'):
+      self.assertGreater(os.path.getsize(os.path.join(workdir, name)), 100)
+    self.assertEqual(_report.read_csv(os.path.join(workdir, 'results.csv')),
+                     rows)
+    with open(os.path.join(workdir, 'results.md')) as f:
+      md = f.read()
+    self.assertIn('| DA |', md)
+    self.assertIn('| AL0 |', md)
+    self.assertIn('p = 0.01: TA / ATA', md)
+
+    # 3: a second full invocation trains nothing and reports the same.
+    mtimes = {s: os.path.getmtime(os.path.join(workdir, s, 'summary.json'))
+              for s in ('da', 'al0_p0.01')}
+    self.assertEqual(reproduce.reproduce(grid, workdir, train_fn=train_fn),
+                     rows)
+    self.assertLen(calls, 3)
+    for s, t in mtimes.items():
+      self.assertEqual(os.path.getmtime(
+          os.path.join(workdir, s, 'summary.json')), t)
+
+    # The reported sizes are those of the deployable model in the checkpoint.
+    for row, stage in zip(rows, ('da', 'al0_p0.01')):
+      dep = reproduce.load_deployable(os.path.join(workdir, stage))
+      ratio = optim.compression_ratio(dep.params, dep.dense_weight_count)
+      self.assertAlmostEqual(row['compression_ratio'], ratio, places=12)
+      self.assertEqual(row['nnz'], int(optim.compression_stats(
+          dep.params)['nnz']))
+      self.assertEqual(row['bits'], optim.model_size_bits(dep.params))
+      self.assertBetween(row['ta'], 0.0, 1.0)
+      self.assertBetween(row['ata'], 0.0, row['ta'] + 1e-9)
+    self.assertEqual(rows[0]['compression_ratio'], 1.0)
+    budget = int(0.01 * 430500)  # CaffeLeNet's dense weight count.
+    self.assertEqual(rows[1]['nnz'], budget)
+    self.assertAlmostEqual(rows[1]['compression_ratio'], budget / 430500)
 
 
 if __name__ == '__main__':
