@@ -82,7 +82,7 @@ def _wrm_core(logits_fn, x, y, gamma, *, num_steps, bounds):
   grad_fn = jax.grad(lagrangian)
 
   def step(t, x_adv):
-    scale = jax.lax.rsqrt((t + 1).astype(jnp.float32)).astype(x.dtype)
+    scale = jax.lax.rsqrt(jnp.asarray(t + 1, jnp.float32)).astype(x.dtype)
     return jnp.clip(x_adv + scale * grad_fn(x_adv), bounds[0], bounds[1])
 
   return jax.lax.fori_loop(0, num_steps, step, x)
