@@ -305,7 +305,7 @@ def attacks_markdown(rows: Sequence[Mapping[str, Any]],
   if flagged:
     lines.append('')
     lines.append('Flagged: ' + ', '.join(flagged) + '.')
-  for n in notes:
+  if notes:
     lines.append('')
-    lines.append(f'- {n}')
+    lines += [f'- {n}' for n in notes]
   return '\n'.join(lines) + '\n'

@@ -511,19 +511,19 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
   return _report.sort_rows(rows)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Grid config file (experiments/configs/fmnist_*.py).',
-    lock_config=False)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-
-
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  rows = reproduce(_CONFIG.value, _WORKDIR.value)
+  rows = reproduce(flags.FLAGS.config, flags.FLAGS.workdir)
   print(_report.results_markdown(rows))
 
 
 if __name__ == '__main__':
+  # Flags are defined here, not at import, so that other entry points
+  # (experiments.evaluate_attacks) can import this module.
+  config_flags.DEFINE_config_file(
+      'config', None, 'Grid config file (experiments/configs/fmnist_*.py).',
+      lock_config=False)
+  flags.DEFINE_string('workdir', None, 'Output directory.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

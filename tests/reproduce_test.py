@@ -12,6 +12,7 @@ import ml_collections
 from atmc_jax import optim
 from atmc_jax import training
 from experiments import _report
+from experiments import evaluate_attacks
 from experiments import reproduce
 from experiments.configs import default
 
@@ -257,6 +258,27 @@ class EndToEndTest(absltest.TestCase):
     budget = int(0.01 * 430500)  # CaffeLeNet's dense weight count.
     self.assertEqual(rows[1]['nnz'], budget)
     self.assertAlmostEqual(rows[1]['compression_ratio'], budget / 430500)
+
+    # Other attacks on the same models (tiny settings).
+    att = evaluate_attacks.evaluate_attacks(
+        workdir, max_examples=16, batch_size=16, eps_scales=(1.0, 2.0),
+        wrm_steps=2, strong_pgd_steps=2, strong_pgd_restarts=2, apgd_steps=2)
+    names = ['pgd_eps0.1', 'pgd_eps0.2', 'fgsm_eps0.1', 'wrm_gamma1.3',
+             'pgd2x2', 'apgd_ce']
+    back = _report.read_csv(os.path.join(workdir, 'attacks.csv'))
+    self.assertEqual([(r['method'], r['p']) for r in back],
+                     [('da', None), ('al0', 0.01)])
+    for row, r in zip(att, back):
+      self.assertEqual(list(r), list(_report.attack_fields(names)))
+      self.assertAlmostEqual(r['compression_ratio'],
+                             row['compression_ratio'])
+      for n in names:
+        self.assertBetween(r[n], 0.0, r['ta'])
+      self.assertAlmostEqual(r['paper_pgd'], r['pgd_eps0.1'])
+      self.assertLessEqual(r['strong'], min(r['pgd2x2'], r['apgd_ce']))
+      self.assertAlmostEqual(r['gap'], r['paper_pgd'] - r['strong'])
+      self.assertEqual(r['masking_suspected'] == 'True', r['gap'] > 0.05)
+    self.assertTrue(os.path.exists(os.path.join(workdir, 'attacks.md')))
 
 
 if __name__ == '__main__':
