@@ -332,7 +332,16 @@ def test_pgd_rejects_bad_input(kwargs, match):
     attacks.pgd(**args)
 
 
+class _UnhashableModel:
+  __hash__ = None
+
+  def __call__(self, x):
+    return TINY_FN(x)
+
+
 def test_other_attacks_reject_bad_input():
+  with pytest.raises(ValueError, match='not hashable.*Partial'):
+    attacks.fgsm(_UnhashableModel(), TINY_X, TINY_Y, epsilon=0.1)
   with pytest.raises(ValueError, match=r'epsilon=-1\.0'):
     attacks.fgsm(TINY_FN, TINY_X, TINY_Y, epsilon=-1.0)
   with pytest.raises(ValueError, match=r'x has values'):

@@ -161,6 +161,16 @@ def run_jitted(core: Callable[..., Any], logits_fn: Callable[..., Any],
   config = tuple(sorted(config.items()))
   if isinstance(logits_fn, jax.tree_util.Partial):
     return _jit_pytree_fn(core, logits_fn, arrays, config)
+  if not callable(logits_fn):
+    raise ValueError(f'logits_fn={logits_fn!r}; accepted: a callable '
+                     'x -> logits.')
+  try:
+    hash(logits_fn)
+  except TypeError:
+    raise ValueError(
+        f'logits_fn of type {type(logits_fn).__name__} is not hashable; '
+        'accepted: a hashable callable (e.g. a closure or function) or a '
+        'jax.tree_util.Partial(apply_fn, variables).') from None
   return _jit_static_fn(core, logits_fn, arrays, config)
 
 
