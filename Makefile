@@ -5,7 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quick
 
-.PHONY: venv demo test bench clean
+.PHONY: venv data demo test bench clean
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +17,15 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 venv: $(VENV)/.installed
 
-demo: venv
+# Fashion-MNIST offline, from Debian (needs root or sudo; skipped when present).
+data:
+	@if [ ! -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist \
+	  || echo "could not install dataset-fashion-mnist: pass --config.base.data_dir=DIR with MNIST-format IDX files"; \
+	fi
+
+demo: venv data
 	$(PY) -m experiments.reproduce --config experiments/configs/fmnist_quick.py --workdir $(WORKDIR)
 
 test: venv
