@@ -3,9 +3,9 @@
 One PGD run from a start ``x'_0`` (``x`` itself or a uniform sample of the
 ball) repeats ``num_steps`` times::
 
-  g      = grad_x' sum_i loss_i(logits_fn(x'), y)     # sum: steps are per example
-  x'     = x' + step_size * d(g)                       # d = sign (L-inf) or g/||g||_2 (L2)
-  x'     = clip(P_ball(x'), bounds)
+  g  = grad_x' sum_i loss_i(logits_fn(x'), y)   # the sum: per-example steps
+  x' = x' + step_size * d(g)      # d = sign (L-inf) or g / ||g||_2 (L2)
+  x' = clip(P_ball(x'), bounds)
 
 With ``num_restarts > 1`` each restart ``r`` starts from its own sample (key
 ``jax.random.fold_in(key, r)``) and every example keeps the restart with the
