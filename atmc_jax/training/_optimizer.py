@@ -132,9 +132,11 @@ def prepare_compression(config, params: base.Params
   budget = budget_for(params, config.sparsity)
   if kind == 'low_rank':
     ranks = projections.low_rank_ranks(params, config.sparsity)
-    params = projections.project_low_rank(params, ranks)
+    params = jax.jit(functools.partial(projections.project_low_rank,
+                                       rank=ranks))(params)
     return params, Compression(kind, budget=budget, ranks=ranks)
-  params = projections.project_l0(params, budget)
+  params = jax.jit(functools.partial(projections.project_l0, k=budget))(
+      params)
   bits = config.bits if kind == 'atmc' else None
   return params, Compression(kind, budget=budget, bits=bits,
                              quantizer=config.quantizer)
@@ -166,7 +168,8 @@ def make_optimizer(config, params: base.Params, compression: Compression,
   if kind == 'none':
     return inner
   if kind == 'fixed_support':
-    support = optim.magnitude_support(params, compression.budget)
+    support = jax.jit(functools.partial(
+        optim.magnitude_support, budget=compression.budget))(params)
     return optim.fixed_support(inner, support)
   if kind == 'low_rank':
     return optim.projected(

@@ -34,7 +34,7 @@ class TrainState(flax.struct.PyTreeNode):
   @classmethod
   def create(cls, params: base.Params, batch_stats: Any,
              tx: optax.GradientTransformation) -> 'TrainState':
-    """A state at step 0 with ``tx.init(params)``."""
+    """A state at step 0 with ``tx.init(params)`` (jitted)."""
     return cls(step=jnp.zeros((), jnp.int32), params=params,
                batch_stats=batch_stats if batch_stats is not None else {},
-               opt_state=tx.init(params))
+               opt_state=jax.jit(tx.init)(params))

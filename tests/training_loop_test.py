@@ -1,0 +1,180 @@
+"""train_and_evaluate: resume equivalence, best checkpoint, NaN stop, warm start."""
+
+import json
+import os
+import signal
+import tempfile
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from atmc_jax import models
+from atmc_jax import training
+from atmc_jax.training import _loop
+from experiments.configs import default
+
+jax.config.update('jax_disable_most_optimizations', True)
+# The runs below compile the same steps again (new closures, same HLO): a
+# persistent cache turns those recompilations into cache hits.
+jax.config.update('jax_compilation_cache_dir',
+                  os.path.join(tempfile.gettempdir(), 'atmc_jax_test_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def tiny_config(**overrides):
+  """ResNet-tiny on synthetic CIFAR-shaped data: 4 steps per epoch."""
+  config = default.get_config()
+  config.dataset = 'cifar10'
+  config.data_source = 'synthetic'
+  config.synthetic_sizes = (96, 32)
+  config.num_val = 32
+  config.model = 'resnet_tiny'
+  config.stage = 'al0'
+  config.sparsity = 0.2
+  config.num_epochs = 2
+  config.batch_size = 16
+  config.eval_batch_size = 16
+  config.learning_rate = 0.05
+  config.lr_decay_epochs = (1,)
+  config.train_attack.epsilon = 4 / 255
+  config.train_attack.num_steps = 1
+  config.eval.attack.epsilon = 4 / 255
+  config.eval.attack.num_steps = 1
+  config.checkpoint_every_steps = 2
+  config.log_every_steps = 1
+  config.progress = False
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def _final_state(workdir):
+  state, meta = training.restore_state_dict(workdir)
+  return state, meta
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('full'))
+  summary = training.train_and_evaluate(tiny_config(), workdir)
+  return workdir, summary
+
+
+def test_full_run_outputs(full_run):
+  workdir, summary = full_run
+  assert summary['status'] == 'finished'
+  assert summary['steps'] == 8
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    on_disk = json.load(f)
+  assert on_disk['ta'] == summary['ta']
+  for key in ('test_accuracy', 'test_adv_accuracy', 'test_deployable_accuracy',
+              'test_deployable_adv_accuracy', 'nnz', 'model_bits',
+              'compression_ratio', 'dense_weight_count', 'wall_time_s',
+              'examples_per_s'):
+    assert key in summary, key
+  # L0 stage: the deployable model meets the budget exactly.
+  assert summary['budget'] == int(0.2 * summary['dense_weight_count'])
+  assert summary['nnz'] <= summary['budget']
+  assert summary['compression_ratio'] == pytest.approx(
+      summary['nnz'] / summary['dense_weight_count'])
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert [r['split'] for r in records] == ['val', 'val', 'test']
+  assert [r['epoch'] for r in records[:2]] == [1, 2]
+  # Learning rate x0.1 from epoch 1 on.
+  assert records[0]['learning_rate'] == pytest.approx(0.05)
+  assert records[1]['learning_rate'] == pytest.approx(0.005)
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(full_run):
+  workdir, summary = full_run
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    val = [json.loads(l) for l in f if '"val"' in l]
+  best = max(r['val_deployable_adv_accuracy'] for r in val)
+  best_steps = [r['step'] for r in val
+                if r['val_deployable_adv_accuracy'] == best]
+  assert summary['best_step'] in best_steps
+  state, meta = training.restore_state_dict(workdir, best=True)
+  assert meta['step'] == summary['best_step']
+  assert int(state['step']) == summary['best_step']
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
+  workdir, summary = full_run
+  resumed = str(tmp_path / 'resumed')
+  out = training.train_and_evaluate(tiny_config(max_steps=3), resumed)
+  assert out['status'] == 'stopped' and out['steps'] == 3
+  assert not os.path.exists(os.path.join(resumed, 'summary.json'))
+  mid, meta = _final_state(resumed)
+  assert int(mid['step']) == 3 and meta['batch'] == 3 and meta['epoch'] == 0
+  final = training.train_and_evaluate(tiny_config(), resumed)
+  assert final['status'] == 'finished'
+  a, _ = _final_state(workdir)
+  b, _ = _final_state(resumed)
+  chex.assert_trees_all_equal(a['params'], b['params'])
+  chex.assert_trees_all_equal(a['batch_stats'], b['batch_stats'])
+  chex.assert_trees_all_equal(a['opt_state'], b['opt_state'])
+  for key in ('test_accuracy', 'test_adv_accuracy', 'nnz'):
+    assert final[key] == summary[key]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  config = tiny_config(learning_rate=1e38, checkpoint_every_steps=1,
+                       stage='da', weight_decay=0.0)
+  with pytest.raises(FloatingPointError, match=r'at step \d+') as err:
+    training.train_and_evaluate(config, workdir)
+  bad_step = int(str(err.value).split('at step ')[1].split(';')[0])
+  state, _ = _final_state(workdir)
+  assert int(state['step']) < bad_step
+  assert not os.path.exists(os.path.join(workdir, 'summary.json'))
+
+
+def test_warm_start_factorizes_a_dense_run(full_run):
+  workdir, _ = full_run
+  config = training.apply_stage(tiny_config(stage='atmc32',
+                                            init_from=workdir))
+  spec = _loop.data.DATASETS[config.dataset]
+  model = training.create_model(config, spec)
+  params, stats = training.init_variables(config, model, spec,
+                                          jax.random.PRNGKey(0))
+  source, _ = training.restore_state_dict(workdir)
+  chex.assert_trees_all_close(
+      models.materialize(params, like=source['params']), source['params'],
+      atol=1e-6)
+  chex.assert_trees_all_equal(stats, source['batch_stats'])
+  x = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
+  dense_model = training.create_model(
+      training.apply_stage(tiny_config()), spec)
+  out_f = model.apply({'params': params, 'batch_stats': stats}, x)
+  out_d = dense_model.apply({'params': source['params'],
+                             'batch_stats': source['batch_stats']}, x)
+  np.testing.assert_allclose(out_f, out_d, rtol=1e-4, atol=1e-4)
+
+
+def test_sigterm_sets_the_stop_flag():
+  with _loop._Preemption() as preemption:  # pylint: disable=protected-access
+    assert not preemption.requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert preemption.requested
+  assert signal.getsignal(signal.SIGTERM) is not preemption._handle  # pylint: disable=protected-access
+
+
+def test_checkpoints_keep_last_n_and_best(tmp_path):
+  ckpts = training.Checkpoints(str(tmp_path), keep=2, best_metric='m')
+  target = {'w': np.zeros(3, np.float32), 'step': np.int32(0)}
+  for step, metric in [(1, 0.1), (2, 0.7), (3, 0.3), (4, 0.5)]:
+    tree = {'w': np.full(3, step, np.float32), 'step': np.int32(step)}
+    ckpts.save(step, tree, {'step': step})
+    ckpts.save_best(step, tree, {'step': step}, {'m': metric})
+  assert ckpts.latest_step() == 4
+  assert ckpts.best_step() == 2
+  best, meta = ckpts.restore_best(target)
+  assert meta['step'] == 2 and best['w'].tolist() == [2.0] * 3
+  latest, _ = ckpts.restore(target)
+  assert latest['w'].tolist() == [4.0] * 3
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '4']
+  ckpts.close()
