@@ -119,8 +119,7 @@ def test_matches_a_literal_transcription_of_algorithm_1():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('norm', ['linf', 'l2'])
-@pytest.mark.parametrize('loss', ['ce', 'dlr'])
+@pytest.mark.parametrize('norm, loss', [('linf', 'ce'), ('l2', 'dlr')])
 def test_stays_in_ball_and_bounds_and_beats_the_start(norm, loss):
   eps = EPS[norm]
   x_adv = attacks.apgd(FN, X, Y, jax.random.PRNGKey(1), epsilon=eps,
