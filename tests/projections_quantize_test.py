@@ -121,6 +121,21 @@ def test_lloyd_fixed_point_and_optimal_on_larger_leaf():
   assert np.count_nonzero(q) <= np.count_nonzero(xn)
 
 
+def test_sparse_large_leaf_uses_compaction_consistently():
+  # A 256 x 256 leaf with 600 non-zeros is solved on a compacted copy; the
+  # result must match the same values in a small dense leaf.
+  vals = jax.random.normal(jax.random.key(5), (600,))
+  pos = jnp.arange(600) * 109
+  big = jnp.zeros((256 * 256,)).at[pos].set(vals).reshape(256, 256)
+  fn = jax.jit(lambda t: projections.project_quantize(t, 3))
+  out = fn({'big': big, 'small': vals.reshape(20, 30)})
+  got = np.asarray(out['big']).reshape(-1)[np.asarray(pos)]
+  np.testing.assert_allclose(got, np.asarray(out['small']).reshape(-1),
+                             rtol=1e-5, atol=1e-6)
+  assert np.count_nonzero(np.asarray(out['big'])) <= 600
+  assert _distinct_nonzero(out['big']) <= 8
+
+
 def test_forgy_reference_mode():
   x = jax.random.normal(jax.random.key(2), (30, 30))
   fn = jax.jit(lambda t, k: projections.project_quantize(

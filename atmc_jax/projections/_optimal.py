@@ -44,18 +44,28 @@ def _layer(prev, s1, s2, m):
     d1 = s1[j] - s1[i]
     return jnp.where(j > i, jnp.maximum(s2[j] - s2[i] - d1 * d1 / cnt, 0), 0)
 
-  for level in range(n_levels):
-    h = p >> (level + 1)
-    nq = 1 << level
-    j = (2 * jnp.arange(nq, dtype=jnp.int32) + 1) * h
-    valid_q = j <= m
-    lo = opt[j - h]
-    hi = jnp.minimum(opt[j + h], j)
+  nq = p // 2                               # queries per level (padded)
+  qi = jnp.arange(nq, dtype=jnp.int32)
+  flat_size = size + nq
+  f = jnp.arange(flat_size, dtype=jnp.int32)
+
+  def level_step(level, carry):
+    opt, cur = carry
+    h = jnp.right_shift(p, level + 1)
+    n_active = jnp.left_shift(1, level)
+    j = (2 * qi + 1) * h
+    valid_q = (qi < n_active) & (j <= m)
+    j = jnp.where(qi < n_active, j, p)
+    lo = opt[jnp.clip(j - h, 0, p)]
+    hi = jnp.minimum(opt[jnp.clip(j + h, 0, p)], j)
     length = jnp.where(valid_q, jnp.maximum(hi - lo + 1, 1), 0)
     starts = jnp.cumsum(length) - length
-    flat_size = min(size + nq, p + 1 + nq)
-    f = jnp.arange(flat_size, dtype=jnp.int32)
-    q = jnp.clip(jnp.searchsorted(starts, f, side='right') - 1, 0, nq - 1)
+    # Owner query of each flat slot: count of query starts <= slot.
+    marks = jnp.zeros((flat_size + 1,), jnp.int32).at[
+        jnp.where(length > 0, starts, flat_size)].add(1)
+    q = jnp.clip(jnp.cumsum(marks[:flat_size]) - 1, 0, nq - 1)
+    # Slots map to the last query starting at or before them; only valid
+    # queries (non-zero length) add marks, and they are a prefix of qi.
     i = lo[q] + f - starts[q]
     ok = (f < starts[q] + length[q]) & (i <= hi[q])
     i = jnp.clip(i, 0, size - 1)
@@ -68,8 +78,12 @@ def _layer(prev, s1, s2, m):
                               num_segments=nq + 1)[:nq]
     arg = jnp.where(valid_q & (arg < size), arg, m)
     best = jnp.where(valid_q, best, inf)
-    opt = opt.at[j].set(arg.astype(jnp.int32))
-    cur = cur.at[j].set(best)
+    # Padding queries point at index p, which stays (m, inf).
+    opt = opt.at[j].set(jnp.where(j < p, arg, m).astype(jnp.int32))
+    cur = cur.at[j].set(jnp.where(j < p, best, inf))
+    return opt, cur
+
+  opt, cur = jax.lax.fori_loop(0, n_levels, level_step, (opt, cur))
   return cur[:size], opt[:size]
 
 

@@ -126,7 +126,10 @@ def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
                     s[jnp.clip(hi - 1, 0, n - 1)])
     empty_value = jnp.zeros_like(full) if collapse_empty else full
     new_full = jnp.where(cnt > 0, mean, empty_value)
-    return jnp.sort(_remove_zero(new_full, z))
+    new_c = _remove_zero(new_full, z)
+    # Clipped means of consecutive clusters are already in order; only
+    # collapsing empty clusters to 0 can break it.
+    return jnp.sort(new_c) if collapse_empty else new_c
 
   def cond(state):
     it, _, delta = state
@@ -150,21 +153,54 @@ def assign(flat: jax.Array, c: jax.Array) -> jax.Array:
   return jnp.where(flat == 0, jnp.zeros((), flat.dtype), full[idx])
 
 
-def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key):
-  """Quantises a float vector (compute dtype); returns the new vector."""
-  s = sort_values(flat)
+# Leaves with at least this many entries first try to solve on a compacted
+# copy of their non-zeros (capacity size // f for each f): sorting and the
+# dynamic programme then cost O(nnz) instead of O(size) for sparse inputs.
+_COMPACT_MIN_SIZE = 1 << 16
+_COMPACT_DIVISORS = (64, 8)
+
+
+def _compact(flat: jax.Array, capacity: int) -> jax.Array:
+  """The non-zeros of ``flat`` (in order) in a zero-padded vector."""
+  nonzero = flat != 0
+  pos = jnp.cumsum(nonzero, dtype=jnp.int32) - 1
+  return jnp.zeros((capacity,), flat.dtype).at[
+      jnp.where(nonzero, pos, capacity)].set(flat, mode='drop')
+
+
+def _centres(v, n_levels, method, max_iters, tol, init, key):
+  """``(feasible, centres)`` for the non-zeros of ``v`` (any order)."""
+  s = sort_values(v)
   feasible = count_distinct_nonzero(s) <= n_levels
 
   def solve(_):
     if method == 'lloyd':
-      c = _lloyd_centres(s, n_levels, max_iters=max_iters, tol=tol,
-                         init=init, key=key)
-    else:
-      from atmc_jax.projections import _optimal  # pylint: disable=g-import-not-at-top
-      c = _optimal.optimal_centres(s, n_levels)
-    return assign(flat, c)
+      return _lloyd_centres(s, n_levels, max_iters=max_iters, tol=tol,
+                            init=init, key=key)
+    from atmc_jax.projections import _optimal  # pylint: disable=g-import-not-at-top
+    return _optimal.optimal_centres(s, n_levels)
 
-  return jax.lax.cond(feasible, lambda _: flat, solve, None)
+  skip = lambda _: jnp.zeros((n_levels,), v.dtype)
+  return feasible, jax.lax.cond(feasible, skip, solve, None)
+
+
+def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key):
+  """Quantises a float vector (compute dtype); returns the new vector."""
+  n = flat.shape[0]
+  caps = []
+  if n >= _COMPACT_MIN_SIZE:
+    caps = sorted({n // d for d in _COMPACT_DIVISORS if n // d > n_levels})
+  solve = lambda v: _centres(v, n_levels, method, max_iters, tol, init, key)
+  branches = [lambda _, c=c: solve(_compact(flat, c)) for c in caps]
+  branches.append(lambda _: solve(flat))
+  if caps:
+    nnz = jnp.sum(flat != 0, dtype=jnp.int32)
+    index = sum((nnz > c).astype(jnp.int32) for c in caps)
+    feasible, c = jax.lax.switch(index, branches, None)
+  else:
+    feasible, c = branches[0](None)
+  return jax.lax.cond(feasible, lambda _: flat, lambda _: assign(flat, c),
+                      None)
 
 
 def _resolve_options(method, max_iters, tol, init, key):
@@ -237,8 +273,17 @@ def project_quantize(tree: base.PyTree, bits: int,
   at most 20 iterations (``max_iters``), stop once the total absolute shift
   is ``<= 1e-2`` (``tol``; the reference tests ``(sum |dc|)^2 < 1e-4``).
 
-  ``method="optimal"`` returns the exact minimiser (dynamic programming;
-  see ``quantize_optimal_complexity`` in the module docs of ``_optimal``).
+  ``method="optimal"`` returns the exact minimiser: 1-D k-means with a
+  fixed zero centre solved by dynamic programming over the sorted values
+  (divide-and-conquer optimisation of each of the ``K`` layers), in
+  ``O(K n log n)`` time and ``O(K n)`` memory per leaf. It is far slower
+  than ``lloyd`` for large ``K`` and ``n`` (seconds to minutes per tensor
+  at ``K = 256``), but can reduce the squared error many-fold where Lloyd
+  stops in a poor local optimum.
+
+  Leaves with at least 65,536 entries and few non-zeros are solved on a
+  compacted copy of their non-zeros (capacity ``size // 64`` or
+  ``size // 8``), so the cost scales with ``nnz`` rather than ``size``.
 
   Args:
     tree: a pytree of arrays.
