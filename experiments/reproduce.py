@@ -40,6 +40,8 @@ Usage::
 """
 
 import dataclasses
+import importlib.util
+import inspect
 import json
 import os
 import time
@@ -205,14 +207,59 @@ class _null:  # pylint: disable=invalid-name
     return False
 
 
+# The sparsity levels of the paper's figure (spec §4.2), and a CPU-sized
+# Fashion-MNIST grid; used when a training config is given without levels.
+PAPER_SPARSITIES = {
+    'mnist': (0.0015, 0.003, 0.006, 0.01, 0.025, 0.05, 0.1, 0.2),
+    'cifar10': (0.001, 0.003, 0.005, 0.01, 0.05, 0.1),
+    'cifar100': (0.001, 0.003, 0.005, 0.01, 0.05, 0.1),
+    'svhn': (0.001, 0.003, 0.005, 0.01, 0.05, 0.1),
+    'fashion_mnist': (0.003, 0.01, 0.03, 0.1),
+}
+
+
+def load_config_module(path: str):
+  """Imports a config file (``experiments/configs/x.py``) as a module.
+
+  Raises:
+    ValueError: the file does not exist or has no ``get_config``.
+  """
+  path = path.split(':', 1)[0]
+  if not os.path.exists(path):
+    raise ValueError(f'config file {path!r} does not exist; accepted: a '
+                     'path to a config file with get_config().')
+  spec = importlib.util.spec_from_file_location(
+      '_config_' + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise ValueError(f'{path!r} has no get_config(); accepted: a config '
+                     'file.')
+  return module
+
+
+def _stage_base(grid: ml_collections.ConfigDict,
+                stage: Stage) -> ml_collections.ConfigDict:
+  """The training config a stage starts from (before overrides)."""
+  if grid.get('base_config'):
+    get_config = load_config_module(grid.base_config).get_config
+    takes_stage = bool(inspect.signature(get_config).parameters)
+    config = get_config(stage.method) if takes_stage else get_config()
+    return ml_collections.ConfigDict(config.to_dict())
+  return ml_collections.ConfigDict(grid.base.to_dict())
+
+
 def stage_config(grid: ml_collections.ConfigDict, stage: Stage,
                  workdir: str) -> ml_collections.ConfigDict:
   """The ``train_and_evaluate`` config of one stage.
 
-  Starts from ``grid.base`` (a training config), applies
-  ``grid.stage_overrides[<method>]`` (per-stage epochs, learning rate, ...)
-  and sets ``stage``, ``sparsity`` (sparse stages), ``bits``
-  (``grid.atmc_bits`` for ATMC-8, None otherwise) and ``init_from``.
+  Starts from ``grid.base`` (a training config), or, when
+  ``grid.base_config`` names a config file, from its ``get_config(stage)``
+  (the paper configs take the stage and apply its recipe); then applies
+  ``grid.base_overrides`` (every stage) and ``grid.stage_overrides[<method>]``
+  (per-stage epochs, learning rate, ...) and sets ``stage``, ``sparsity``
+  (sparse stages), ``bits`` (``grid.atmc_bits`` for ATMC-8, None otherwise)
+  and ``init_from``.
 
   Args:
     grid: the grid config (see ``experiments/configs/fmnist_grid.py``).
@@ -222,8 +269,10 @@ def stage_config(grid: ml_collections.ConfigDict, stage: Stage,
   Returns:
     A new ``ConfigDict``.
   """
-  config = ml_collections.ConfigDict(grid.base.to_dict())
-  overrides = grid.get('stage_overrides', {}) or {}
+  config = _stage_base(grid, stage)
+  _merge(config, ml_collections.ConfigDict(
+      grid.get('base_overrides') or {}).to_dict())
+  overrides = grid.get('stage_overrides') or {}
   if stage.method in overrides:
     _merge(config, ml_collections.ConfigDict(overrides[stage.method]).to_dict())
   with config.unlocked():
@@ -237,6 +286,70 @@ def stage_config(grid: ml_collections.ConfigDict, stage: Stage,
     config.init_from = (os.path.abspath(os.path.join(workdir, parent.name))
                         if parent is not None else '')
   return config
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for key, v in flat.items():
+    node = out
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+def grid_from_training_config(path: str,
+                              config: ml_collections.ConfigDict,
+                              methods: Optional[str] = None,
+                              sparsities: Optional[str] = None
+                              ) -> ml_collections.ConfigDict:
+  """A grid that runs every stage of a training config file.
+
+  Each stage's config is ``get_config(stage)`` of the file (the paper
+  configs apply the stage's recipe), plus whatever ``config`` (the file's
+  config as loaded, with command-line overrides) changes with respect to the
+  file's default config, except ``stage``.
+
+  Args:
+    path: the training config file.
+    config: the loaded config (``--config.x=...`` overrides applied).
+    methods: method keys; default: every method.
+    sparsities: the levels p; default: :data:`PAPER_SPARSITIES` of the
+      dataset.
+
+  Returns:
+    A grid config for :func:`reproduce`.
+  """
+  module = load_config_module(path)
+  arg = path.split(':', 1)[1] if ':' in path else None
+  default = (module.get_config(arg) if arg is not None
+             else module.get_config())
+  flat_default = _flatten(default.to_dict())
+  changed = {k: v for k, v in _flatten(config.to_dict()).items()
+             if k != 'stage' and (k not in flat_default
+                                  or flat_default[k] != v)}
+  grid = ml_collections.ConfigDict()
+  grid.base = ml_collections.ConfigDict(config.to_dict())
+  grid.base_config = path.split(':', 1)[0]
+  grid.base_overrides = _unflatten(changed)
+  grid.methods = methods or ','.join(METHODS)
+  grid.sparsities = sparsities or ','.join(
+      f'{p:g}' for p in PAPER_SPARSITIES.get(config.dataset, (0.01,)))
+  grid.stage_overrides = {}
+  grid.atmc_bits = int(config.get('bits') or 8)
+  grid.title = f'{config.dataset}, {config.model}'
+  return grid
 
 
 def is_finished(stage_dir: str) -> bool:
@@ -514,7 +627,19 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  rows = reproduce(flags.FLAGS.config, flags.FLAGS.workdir)
+  config = flags.FLAGS.config
+  methods, sparsities = flags.FLAGS.methods, flags.FLAGS.sparsities
+  if 'methods' in config:  # A grid config.
+    grid = config
+    with grid.unlocked():
+      if methods:
+        grid.methods = methods
+      if sparsities:
+        grid.sparsities = sparsities
+  else:  # A training config: run its stages (paper configs: their recipes).
+    path = config_flags.get_config_filename(flags.FLAGS['config'])
+    grid = grid_from_training_config(path, config, methods, sparsities)
+  rows = reproduce(grid, flags.FLAGS.workdir)
   print(_report.results_markdown(rows))
 
 
@@ -522,8 +647,14 @@ if __name__ == '__main__':
   # Flags are defined here, not at import, so that other entry points
   # (experiments.evaluate_attacks) can import this module.
   config_flags.DEFINE_config_file(
-      'config', None, 'Grid config file (experiments/configs/fmnist_*.py).',
-      lock_config=False)
+      'config', None, 'A grid config (experiments/configs/fmnist_quick.py, '
+      'fmnist_grid.py) or a training config whose stages to run '
+      '(experiments/configs/cifar10_resnet34.py: each stage from '
+      'get_config(stage)).', lock_config=False)
   flags.DEFINE_string('workdir', None, 'Output directory.')
+  flags.DEFINE_string('methods', None, 'Comma-separated methods (overrides '
+                      'the config): natural,da,nap,ap,al0,alr,atmc32,atmc8.')
+  flags.DEFINE_string('sparsities', None, 'Comma-separated sparsity levels p '
+                      '(overrides the config).')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

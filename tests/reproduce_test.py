@@ -17,6 +17,15 @@ from experiments import reproduce
 from experiments.configs import default
 
 
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'experiments', 'configs')
+
+
+def grid_doc(name):
+  return reproduce.load_config_module(
+      os.path.join(_CONFIG_DIR, f'{name}.py')).__doc__
+
+
 def _tempdir(test_case):
   path = tempfile.mkdtemp()
   test_case.addCleanup(shutil.rmtree, path, ignore_errors=True)
@@ -91,6 +100,50 @@ class PlanTest(parameterized.TestCase):
     self.assertEqual((cfg.stage, cfg.bits, cfg.init_from, cfg.num_epochs),
                      ('da', None, '', 9))
     self.assertEqual(grid.base.stage, 'natural')  # The grid is not modified.
+
+
+class GridConfigTest(parameterized.TestCase):
+
+  @parameterized.parameters('fmnist_quick', 'fmnist_grid')
+  def test_every_stage_config_validates(self, name):
+    grid = reproduce.load_config_module(
+        os.path.join(_CONFIG_DIR, f'{name}.py')).get_config()
+    self.assertIn('python -m experiments.reproduce', grid_doc(name))
+    stages = reproduce.plan_stages(grid.methods, grid.sparsities)
+    if name == 'fmnist_quick':
+      self.assertEqual([s.name for s in stages], [
+          'da', 'al0_p0.01', 'atmc32_p0.01', 'atmc8_p0.01'])
+    else:
+      self.assertLen(stages, 2 + 6 * 4)
+    for stage in stages:
+      cfg = training.apply_stage(
+          reproduce.stage_config(grid, stage, '/runs/x'))
+      training.validate_config(cfg, num_devices=1)
+      self.assertEqual(cfg.bits, 8 if stage.method == 'atmc8' else None)
+      self.assertEqual(cfg.factorized, stage.method.startswith('atmc'))
+
+  def test_grid_from_paper_training_config(self):
+    path = os.path.join(_CONFIG_DIR, 'cifar10_resnet34.py')
+    module = reproduce.load_config_module(path)
+    loaded = module.get_config()
+    loaded.data_dir = '/data/tfds'  # A command-line override.
+    grid = reproduce.grid_from_training_config(path, loaded)
+    self.assertEqual(reproduce.parse_sparsities(grid.sparsities),
+                     [0.001, 0.003, 0.005, 0.01, 0.05, 0.1])
+    self.assertEqual(reproduce.parse_methods(grid.methods),
+                     list(reproduce.METHODS))
+    self.assertEqual(grid.base_overrides.to_dict(),
+                     {'data_dir': '/data/tfds'})
+    for stage, epochs, lr in ((reproduce.Stage('da'), 200, 0.05),
+                              (reproduce.Stage('al0', 0.005), 200, 0.01),
+                              (reproduce.Stage('atmc8', 0.005), 150, 0.005)):
+      cfg = reproduce.stage_config(grid, stage, '/runs/c10')
+      self.assertEqual((cfg.stage, cfg.num_epochs, cfg.learning_rate,
+                        cfg.data_dir, cfg.dataset),
+                       (stage.method, epochs, lr, '/data/tfds', 'cifar10'))
+    grid = reproduce.grid_from_training_config(path, loaded, 'da,ap', '0.1')
+    self.assertEqual([s.name for s in reproduce.plan_stages(
+        grid.methods, grid.sparsities)], ['da', 'ap_p0.1'])
 
 
 class RunStageTest(absltest.TestCase):
@@ -262,9 +315,9 @@ class EndToEndTest(absltest.TestCase):
     # Other attacks on the same models (tiny settings).
     att = evaluate_attacks.evaluate_attacks(
         workdir, max_examples=16, batch_size=16, eps_scales=(1.0, 2.0),
-        wrm_steps=2, strong_pgd_steps=2, strong_pgd_restarts=2, apgd_steps=2)
+        wrm_steps=2, strong_pgd_steps=2, strong_pgd_restarts=1, apgd_steps=2)
     names = ['pgd_eps0.1', 'pgd_eps0.2', 'fgsm_eps0.1', 'wrm_gamma1.3',
-             'pgd2x2', 'apgd_ce']
+             'pgd2x1', 'apgd_ce']
     back = _report.read_csv(os.path.join(workdir, 'attacks.csv'))
     self.assertEqual([(r['method'], r['p']) for r in back],
                      [('da', None), ('al0', 0.01)])
@@ -275,7 +328,7 @@ class EndToEndTest(absltest.TestCase):
       for n in names:
         self.assertBetween(r[n], 0.0, r['ta'])
       self.assertAlmostEqual(r['paper_pgd'], r['pgd_eps0.1'])
-      self.assertLessEqual(r['strong'], min(r['pgd2x2'], r['apgd_ce']))
+      self.assertLessEqual(r['strong'], min(r['pgd2x1'], r['apgd_ce']))
       self.assertAlmostEqual(r['gap'], r['paper_pgd'] - r['strong'])
       self.assertEqual(r['masking_suspected'] == 'True', r['gap'] > 0.05)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'attacks.md')))
