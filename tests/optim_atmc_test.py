@@ -314,6 +314,8 @@ class AtmcTest(parameterized.TestCase):
       ('interval_zero', dict(budget=3, admm_interval=0),
        r'admm_interval.*\[1, inf\).*got 0'),
       ('negative_rho', dict(budget=3, rho=-0.1), r'rho.*\[0, inf\).*-0\.1'),
+      ('schedule_rho', dict(budget=3, rho=lambda t: 0.1),
+       r'rho.*\[0, inf\).*inject_hyperparams'),
       ('quantizer', dict(budget=3, quantizer='kmeans'),
        r"quantizer.*'lloyd'.*'kmeans'"),
   )

@@ -172,7 +172,8 @@ def _check_dense_count(params, dense_count, mask) -> int:
 
 def compression_ratio(
     params: base.Params,
-    dense_weight_count: Optional[int] = None,  # pylint: disable=redefined-outer-name
+    # pylint: disable-next=redefined-outer-name
+    dense_weight_count: Optional[int] = None,
     mask: base.MaskOrFn = None,
 ) -> float:
   """``model_size_bits(params) / (32 * dense_weight_count)``.

@@ -18,14 +18,13 @@ scaled dual :math:`U`. One call of ``update`` (``t`` = ``state.count``
 before the call) does::
 
     # primal step on f + (rho / 2) * ||theta - Z + U||^2   (bits is not None)
-    g     = grads + rho * (theta - Z + U)                  # selected leaves
-    d     = inner.update(g)                                # e.g. SGD+momentum
-    theta = project_l0(theta + d, k)                       # returned as
-                                                           # updates = theta' - theta
+    g     = grads + rho * (theta - Z + U)        # selected leaves only
+    d     = inner.update(g)                      # e.g. SGD with momentum
+    theta = project_l0(theta + d, k)             # updates = new - old theta
     # ADMM step, every admm_interval updates, skipping t = 0
     if t > 0 and t % admm_interval == 0:
-      Z = project_atmc(theta + U, k, bits)                 # L0 then k-means
-      U = U + theta - Z                                    # scaled dual
+      Z = project_atmc(theta + U, k, bits)       # L0, then k-means per tensor
+      U = U + theta - Z                          # scaled dual, step size 1
 
     # initial state: Z = project_atmc(theta_0, k, bits), U = 0
 
@@ -151,6 +150,10 @@ def _validate(*, budget, bits, rho, admm_interval, quantizer):
     if interval < 1:
       raise ValueError(
           f'admm_interval must be in [1, inf), got {interval}.')
+  if callable(rho):
+    raise ValueError(
+        'rho must be a number in [0, inf); to schedule it, wrap atmc with '
+        'optax.inject_hyperparams.')
   if not _is_traced(rho) and not np.all(np.asarray(rho) >= 0):
     raise ValueError(f'rho must be in [0, inf), got {rho}.')
   if quantizer not in QUANTIZERS:
