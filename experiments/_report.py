@@ -105,7 +105,8 @@ def read_csv(path: str) -> list[dict[str, Any]]:
 
   Empty cells become ``None``; the result fields of :data:`RESULT_FIELDS`
   get their types back (``nnz``/``bits`` int, the others float); any other
-  cell that parses as a float does too.
+  cell that parses as a float does too, and ``True``/``False`` become
+  bools.
   """
   with open(path, newline='') as f:
     raw = list(csv.DictReader(f))
@@ -119,6 +120,8 @@ def read_csv(path: str) -> list[dict[str, Any]]:
         row[k] = int(float(v))
       elif k in ('dataset', 'method'):
         row[k] = v
+      elif v in ('True', 'False'):
+        row[k] = v == 'True'
       else:
         try:
           row[k] = float(v)
@@ -242,7 +245,7 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path_stem: str,
     ax.grid(True, which='both', alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
   if handles:
-    axes[1].legend(handles, labels, loc='lower right', fontsize='small')
+    axes[1].legend(handles, labels, loc='best', fontsize='small')
   paths = []
   for ext in ('png', 'pdf'):
     path = f'{path_stem}.{ext}'

@@ -37,15 +37,22 @@ Usage::
   python -m experiments.reproduce \
       --config experiments/configs/fmnist_grid.py --workdir runs/grid \
       --config.methods=da,al0 --config.sparsities=0.01,0.1
+  # A training config: each stage from its get_config(stage) (the paper's
+  # per-stage recipe), at the paper's sparsity levels by default.
+  python -m experiments.reproduce \
+      --config experiments/configs/cifar10_resnet34.py --workdir runs/c10
+
+See ``docs/reproduce.md``.
 """
 
+import contextlib
 import dataclasses
 import importlib.util
 import inspect
 import json
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -187,24 +194,17 @@ def plan_stages(methods: str | Sequence[str],
   return ordered
 
 
-def _merge(dst: ml_collections.ConfigDict, src: Mapping[str, Any],
-           where: str = 'config') -> None:
+def _merge(dst: ml_collections.ConfigDict, src: Mapping[str, Any]) -> None:
   """Recursively writes ``src`` into ``dst`` (new keys are allowed)."""
   for k, v in src.items():
     if isinstance(v, Mapping) and k in dst and isinstance(
         dst[k], (ml_collections.ConfigDict, dict)):
-      _merge(dst[k], v, f'{where}.{k}')
+      _merge(dst[k], v)
     else:
-      with dst.unlocked() if hasattr(dst, 'unlocked') else _null():
+      unlocked = (dst.unlocked() if isinstance(dst, ml_collections.ConfigDict)
+                  else contextlib.nullcontext())
+      with unlocked:
         dst[k] = v
-
-
-class _null:  # pylint: disable=invalid-name
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *a):
-    return False
 
 
 # The sparsity levels of the paper's figure (spec §4.2), and a CPU-sized
