@@ -286,7 +286,7 @@ class CallConventionTest(parameterized.TestCase):
     x = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1))
     a = models.CaffeLeNet(factorized=True, conv_impl='im2col')
     b = models.CaffeLeNet(factorized=True, conv_impl='lax')
-    variables = models.factorize(_numpy_variables(a, (28, 28, 1)))
+    variables = _numpy_variables(a, (28, 28, 1))  # Random U, V and C.
     np.testing.assert_allclose(jax.jit(a.apply)(variables, x),
                                jax.jit(b.apply)(variables, x),
                                atol=1e-4, rtol=1e-4)
