@@ -160,12 +160,17 @@ _COMPACT_MIN_SIZE = 1 << 16
 _COMPACT_DIVISORS = (64, 8)
 
 
-def _compact(flat: jax.Array, capacity: int) -> jax.Array:
-  """The non-zeros of ``flat`` (in order) in a zero-padded vector."""
+def _compact(flat: jax.Array, capacity: int):
+  """The non-zeros of ``flat`` (in order) in a zero-padded vector.
+
+  Returns ``(compact, pos)`` with ``compact[pos[i]] == flat[i]`` wherever
+  ``flat[i] != 0``.
+  """
   nonzero = flat != 0
   pos = jnp.cumsum(nonzero, dtype=jnp.int32) - 1
-  return jnp.zeros((capacity,), flat.dtype).at[
+  compact = jnp.zeros((capacity,), flat.dtype).at[
       jnp.where(nonzero, pos, capacity)].set(flat, mode='drop')
+  return compact, pos
 
 
 def _centres(v, n_levels, method, max_iters, tol, init, key):
@@ -187,20 +192,35 @@ def _centres(v, n_levels, method, max_iters, tol, init, key):
 def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key):
   """Quantises a float vector (compute dtype); returns the new vector."""
   n = flat.shape[0]
+  solve = lambda v: _centres(v, n_levels, method, max_iters, tol, init, key)
+
+  def dense(_):
+    feasible, c = solve(flat)
+    return jax.lax.cond(feasible, lambda _: flat,
+                        lambda _: assign(flat, c), None)
+
+  def sparse(capacity):
+    def branch(_):
+      compact, pos = _compact(flat, capacity)
+      feasible, c = solve(compact)
+
+      def quantize(_):
+        # Assign only the compacted non-zeros, then gather them back.
+        qc = assign(compact, c)
+        return jnp.where(flat != 0, qc[jnp.clip(pos, 0, capacity - 1)],
+                         jnp.zeros((), flat.dtype))
+
+      return jax.lax.cond(feasible, lambda _: flat, quantize, None)
+    return branch
+
   caps = []
   if n >= _COMPACT_MIN_SIZE:
     caps = sorted({n // d for d in _COMPACT_DIVISORS if n // d > n_levels})
-  solve = lambda v: _centres(v, n_levels, method, max_iters, tol, init, key)
-  branches = [lambda _, c=c: solve(_compact(flat, c)) for c in caps]
-  branches.append(lambda _: solve(flat))
-  if caps:
-    nnz = jnp.sum(flat != 0, dtype=jnp.int32)
-    index = sum((nnz > c).astype(jnp.int32) for c in caps)
-    feasible, c = jax.lax.switch(index, branches, None)
-  else:
-    feasible, c = branches[0](None)
-  return jax.lax.cond(feasible, lambda _: flat, lambda _: assign(flat, c),
-                      None)
+  if not caps:
+    return dense(None)
+  nnz = jnp.sum(flat != 0, dtype=jnp.int32)
+  index = sum((nnz > c).astype(jnp.int32) for c in caps)
+  return jax.lax.switch(index, [sparse(c) for c in caps] + [dense], None)
 
 
 def _resolve_options(method, max_iters, tol, init, key):
