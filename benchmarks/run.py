@@ -86,6 +86,10 @@ class Suite:
       self.write()
 
   def write(self) -> None:
+    meta = self.results.get('meta')
+    if isinstance(meta, dict):
+      meta['targets'] = target_ratios(self.results)
+      meta['notes'] = self.notes
     if not self.out:
       return
     tmp = self.out + '.tmp'
@@ -180,15 +184,21 @@ def run_external(suite: Suite, quick: bool) -> None:
 
 
 def run_model(suite: Suite, model: str, quick: bool, batch: int,
-              peak: Optional[float], on_cpu: bool) -> None:
-  """The training/eval step records of one model."""
+              peak: Optional[float], on_cpu: bool,
+              after_pgd: Optional[Callable[[], None]] = None,
+              atmc8_blocks: Optional[int] = None) -> None:
+  """The training/eval step records of one model.
+
+  ``after_pgd`` runs right after the PGD-7 step (the PyTorch baseline, so
+  that both see the same machine load).
+  """
   slow = model == 'resnet34' and on_cpu
   base_n = 5 if quick else 10
   reps = {
       'plain_step': 2 if slow else 2 * base_n,
       'pgd7_step': 1 if slow else base_n,
       'atmc32_step': 1 if slow else base_n,
-      'atmc8_step_amortised': 3 if quick else 10,
+      'atmc8_step_amortised': atmc8_blocks or (3 if quick else 10),
       'eval_pgd20': 1 if slow else base_n,
   }
   slow_note = ('ResNet-34 on a CPU: fewer repetitions than the >= 10 used '
@@ -197,6 +207,8 @@ def run_model(suite: Suite, model: str, quick: bool, batch: int,
     suite.measure(f'{model}/{name}', lambda name=name: steps.time_train_step(
         model, name, batch_size=batch, n=reps[name],
         warmup=1 if slow else 2, peak_gflops=peak, note=slow_note))
+    if name == 'pgd7_step' and after_pgd is not None:
+      after_pgd()
   if slow:
     suite.measure(f'{model}/atmc8_step_amortised',
                   lambda: steps.time_atmc8_components(
@@ -339,6 +351,9 @@ def parse_args(argv):
   parser.add_argument('--resnet-batch', type=int, default=128)
   parser.add_argument('--peak-size', type=int, default=2048,
                       help='side of the float32 matmul timed as the peak.')
+  parser.add_argument('--atmc8-blocks', type=int, default=None,
+                      help='repetitions (blocks of 10 steps) of the amortised '
+                      'ATMC-8 step (default 3 with --quick, else 10).')
   parser.add_argument('--no-torch', action='store_true')
   parser.add_argument('--no-parallel', action='store_true')
   parser.add_argument('--no-external', action='store_true',
@@ -366,24 +381,27 @@ def main(argv=None) -> int:
         f"{peak['gflops_best']:.1f})", flush=True)
   on_cpu = jax.default_backend() == 'cpu'
 
+  torch_hook = (None if args.no_torch else
+                lambda: run_torch(suite, args.quick, args.lenet_batch))
   run_model(suite, 'lenet', args.quick, args.lenet_batch, peak['gflops'],
-            on_cpu)
-  if not args.no_torch:
-    run_torch(suite, args.quick, args.lenet_batch)
+            on_cpu, after_pgd=torch_hook, atmc8_blocks=args.atmc8_blocks)
+  if not args.no_parallel and on_cpu:
+    run_parallel(suite, args.quick, args.lenet_batch)
   if not args.no_external:
     run_external(suite, args.quick)
   if not args.quick:
+    if on_cpu and args.resnet_batch != 128:
+      suite.notes.append(
+          f'ResNet-34 steps on this CPU use batch {args.resnet_batch} '
+          '(--resnet-batch), not 128, to fit the time available; each '
+          "record's flops and fraction_of_peak are for that batch.")
     run_model(suite, 'resnet34', args.quick, args.resnet_batch,
               peak['gflops'], on_cpu)
-  if not args.no_parallel and on_cpu:
-    run_parallel(suite, args.quick, args.lenet_batch)
 
   # A second peak measurement shows whether the machine load changed.
   peak_end = _timing.matmul_peak_gflops(args.peak_size, n=10)
   meta['matmul_peak_end_gflops'] = peak_end['gflops']
   meta['load_average_end'] = _timing.load_average()
-  meta['targets'] = target_ratios(suite.results)
-  meta['notes'] = suite.notes
   meta['wall_s'] = time.perf_counter() - start
   suite.write()
   table = render_markdown(suite.results)
