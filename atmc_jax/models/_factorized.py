@@ -183,7 +183,7 @@ class FactorizedConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kh, kw = _layers._pair(self.kernel_size, 'kernel_size')  # pylint: disable=protected-access
+    kh, kw = _layers.to_pair(self.kernel_size, 'kernel_size')
     c_in, out = x.shape[-1], self.features
     fan_in = kh * kw * c_in
     factors = [
@@ -246,12 +246,10 @@ def factorize(params: base.Params) -> base.Params:
         n_out = value.shape[-1]
         w = jnp.reshape(value, (-1, n_out)).T
         fan_in = w.shape[1]
-        shapes = factor_shapes(n_out, fan_in)
-        zeros = lambda name: jnp.zeros(shapes[name], w.dtype)  # pylint: disable=cell-var-from-loop
-        if fan_in <= n_out:
-          out.update(U=w, V=zeros('V'), C=zeros('C'))
-        else:
-          out.update(U=zeros('U'), V=w, C=zeros('C'))
+        factors = {name: jnp.zeros(shape, w.dtype) for name, shape in
+                   factor_shapes(n_out, fan_in).items()}
+        factors['U' if fan_in <= n_out else 'V'] = w
+        out.update(factors)
       else:
         out[key] = convert(value)
     return out

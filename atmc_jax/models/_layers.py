@@ -89,7 +89,12 @@ def max_pool_2x2(x: Array) -> Array:
   return jnp.max(x, axis=(-4, -2))
 
 
-def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+def to_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+  """``(v, v)`` for an int, the pair itself otherwise; positive ints only.
+
+  Raises:
+    ValueError: not one or two positive ints (``what`` names the argument).
+  """
   if isinstance(value, int):
     pair = (value, value)
   else:
@@ -193,7 +198,7 @@ def conv2d(x: Array, kernel: Array, *,
   elif kernel.ndim == 2:
     if kernel_size is None:
       raise ValueError('a 2-D kernel needs kernel_size=(kh, kw).')
-    kh, kw = _pair(kernel_size, 'kernel_size')
+    kh, kw = to_pair(kernel_size, 'kernel_size')
     if kernel.shape[0] != kh * kw * c_in:
       raise ValueError(
           f'2-D kernel {kernel.shape} needs {kh}*{kw}*{c_in} = '
@@ -201,7 +206,7 @@ def conv2d(x: Array, kernel: Array, *,
   else:
     raise ValueError(f'kernel must be 2-D or 4-D, got shape {kernel.shape}.')
   c_out = kernel.shape[-1]
-  sh, sw = _pair(strides, 'strides')
+  sh, sw = to_pair(strides, 'strides')
   pads = resolve_padding(padding, x.shape[1:3], (kh, kw), (sh, sw))
 
   if impl == 'lax':
@@ -261,7 +266,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kh, kw = _pair(self.kernel_size, 'kernel_size')
+    kh, kw = to_pair(self.kernel_size, 'kernel_size')
     c_in = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init,
                         (kh, kw, c_in, self.features), self.param_dtype)
