@@ -180,10 +180,11 @@ def _attack_kwargs(attack) -> dict[str, Any]:
 class _Evaluator:
   """Clean and PGD accuracy of replicated params over a whole split."""
 
-  def __init__(self, config, model, p_eval):
+  def __init__(self, config, model, p_eval, devices):
     self._config = config
     self._model = model
     self._p_eval = p_eval
+    self._devices = devices
 
   def __call__(self, params_r, stats_r, split, key, desc='eval'):
     images, labels = split
@@ -194,7 +195,8 @@ class _Evaluator:
         process_count=jax.process_count())
     totals = None
     for i, batch in enumerate(tqdm.tqdm(
-        parallel.prefetch_to_device(batches), desc=desc, leave=False,
+        parallel.prefetch_to_device(batches, 2, self._devices), desc=desc,
+        leave=False,
         disable=not self._config.progress or jax.process_index() != 0,
         total=len(batches))):
       out = self._p_eval(params_r, stats_r, batch,
@@ -331,7 +333,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   wall_start = time.time()
   config = _config.apply_stage(config)
-  _config.validate_config(config)
+  devices = jax.local_devices()
+  if config.num_devices:
+    if jax.process_count() > 1 or not 1 <= config.num_devices <= len(devices):
+      raise ValueError(
+          f'config.num_devices={config.num_devices} is invalid; accepted: '
+          f'None (all devices) or 1..{len(devices)} on a single host.')
+    devices = devices[:config.num_devices]
+  _config.validate_config(
+      config, num_devices=len(devices) * jax.process_count())
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:
@@ -378,11 +388,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   eval_attack = _attack_kwargs(config.eval.attack)
   p_train = parallel.pmap_train_step(_steps.make_train_step(
       model, tx, loss=config.loss, attack=train_attack,
-      attack_bn_mode=config.attack_bn_mode))
+      attack_bn_mode=config.attack_bn_mode), devices=devices)
   p_eval = parallel.pmap_eval_step(
-      _steps.make_eval_step(model, attack=eval_attack))
-  evaluate = _Evaluator(config, model, p_eval)
-  rstate = parallel.replicate(state)
+      _steps.make_eval_step(model, attack=eval_attack), devices=devices)
+  evaluate = _Evaluator(config, model, p_eval, devices)
+  rstate = parallel.replicate(state, devices)
 
   def evaluate_all(host_state, split_name, epoch):
     params_r = rstate.params
@@ -392,7 +402,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     trained = evaluate(params_r, stats_r, splits[split_name], ekey,
                        desc=f'{split_name} (trained)')
     deployable = jax.device_get(deployable_fn(host_state.params))
-    dep = evaluate(parallel.replicate(deployable), stats_r,
+    dep = evaluate(parallel.replicate(deployable, devices), stats_r,
                    splits[split_name], ekey, desc=f'{split_name} (deployable)')
     for k in ('accuracy', 'adv_accuracy'):
       out[f'{split_name}_{k}'] = trained[k]
@@ -439,7 +449,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       desc=f'epoch {epoch + 1}/{config.num_epochs}',
                       leave=False,
                       disable=not config.progress or not is_main)
-      for batch in parallel.prefetch_to_device(batches, config.prefetch):
+      for batch in parallel.prefetch_to_device(batches, config.prefetch,
+                                               devices):
         rstate, metrics = p_train(rstate, batch, train_key)
         step += 1
         trained_steps += 1

@@ -122,5 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.log_every_steps = 50  # Also the interval of the NaN/Inf check.
   config.prefetch = 2
+  # Local devices to use (None: all); single host only.
+  config.num_devices = config_dict.placeholder(int)
   config.progress = True  # tqdm progress bars.
   return config
