@@ -172,3 +172,30 @@ def test_compression_stages_meet_the_budget(stage):
   assert nnz <= comp.budget
   if stage == 'atmc8':
     assert comp.bits == 8
+
+
+def test_low_rank_stage_fixes_global_ranks():
+  config = default.get_config()
+  config.stage = 'alr'
+  config.sparsity = 0.3
+  config.allow_random_init = True
+  config = training.apply_stage(config)
+  rng = np.random.default_rng(1)
+  params = {'a': {'kernel': jnp.asarray(rng.normal(size=(6, 8)), jnp.float32),
+                  'bias': jnp.ones((8,))},
+            'b': {'kernel': jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}}
+  params, comp = training.prepare_compression(config, params)
+  ranks = (comp.ranks['a']['kernel'], comp.ranks['b']['kernel'])
+  assert all(isinstance(r, int) and r >= 1 for r in ranks)
+  assert sum(ranks) == int(0.3 * (6 + 4))  # Of all 10 singular values.
+  for leaf, r in zip((params['a']['kernel'], params['b']['kernel']), ranks):
+    assert np.linalg.matrix_rank(np.asarray(leaf), tol=1e-4) <= r
+  assert comp.low_rank_bits(params) == 32 * (ranks[0] * (8 + 6)
+                                             + ranks[1] * (4 + 8))
+  tx = training.make_optimizer(config, params, comp, steps_per_epoch=10)
+  state = tx.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, state = jax.jit(tx.update)(grads, state, params)
+  params = optax.apply_updates(params, updates)
+  for leaf, r in zip((params['a']['kernel'], params['b']['kernel']), ranks):
+    assert np.linalg.matrix_rank(np.asarray(leaf), tol=1e-4) <= r

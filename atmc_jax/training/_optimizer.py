@@ -75,8 +75,8 @@ class Compression:
     kind: the ``config.compression`` value.
     budget: ``k`` (number of non-zeros allowed), or None for dense stages.
     bits: the codebook bits (``"atmc"`` only), or None.
-    ranks: the fixed per-leaf ranks (``"low_rank"`` only), a pytree of ints
-      with the params' structure (0 for unselected leaves), or None.
+    ranks: the fixed per-leaf ranks (``"low_rank"`` only), a pytree with
+      the params' structure: a Python int per selected leaf, None elsewhere.
     quantizer: the k-means method for ``"atmc"``.
   """
 
@@ -102,8 +102,9 @@ class Compression:
     if self.kind != 'low_rank':
       return None
     total = 0
-    for r, p in zip(jax.tree.leaves(self.ranks), jax.tree.leaves(params)):
-      if r and np.ndim(p) >= 2:
+    ranks = jax.tree.structure(params).flatten_up_to(self.ranks)
+    for r, p in zip(ranks, jax.tree.leaves(params)):
+      if r is not None and np.ndim(p) >= 2:
         shape = np.shape(p)
         m, n = shape[-1], int(np.prod(shape[:-1]))
         total += int(r) * (m + n)
@@ -131,7 +132,8 @@ def prepare_compression(config, params: base.Params
     return params, Compression(kind)
   budget = budget_for(params, config.sparsity)
   if kind == 'low_rank':
-    ranks = projections.low_rank_ranks(params, config.sparsity)
+    ranks = jax.tree.map(int, projections.low_rank_ranks(
+        params, config.sparsity))
     params = jax.jit(functools.partial(projections.project_low_rank,
                                        rank=ranks))(params)
     return params, Compression(kind, budget=budget, ranks=ranks)
