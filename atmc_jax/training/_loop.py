@@ -148,7 +148,7 @@ def init_variables(config, model, spec, key) -> tuple[Any, Any]:
   if config.factorized and not _has_factors(src_params):
     src_params = models.factorize(src_params)
   elif not config.factorized and _has_factors(src_params):
-    src_params = models.materialize(src_params)
+    src_params = models.materialize(src_params, like=params)
   try:
     params = flax.serialization.from_state_dict(params, src_params)
     if batch_stats:
