@@ -326,8 +326,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
       med = v.get('ratio_median', v.get('fraction_median'))
       best = v.get('ratio_min', v.get('fraction_best'))
       target = v.get('target')
+      fmt = lambda x: '' if x is None else f'{x:.3f}'
       lines.append(
-          f"| {key} | {med:.3f} | {best:.3f} | "
+          f"| {key} | {fmt(med)} | {fmt(best)} | "
           f"{'' if target is None else target} | "
           f"{'' if 'met' not in v else ('yes' if v['met'] else 'no')} |")
   notes = meta.get('notes', [])
