@@ -15,7 +15,24 @@ and one sub-workdir per stage (``da``, ``al0_p0.01``, ``atmc32_p0.01``,
 ones. Then ``python -m experiments.evaluate_attacks --workdir runs/quick``
 adds the paper's other attacks and the strong suite.
 
-MEASURED_PLACEHOLDER
+Measured (this repository, one run, 1 CPU device on a 2-core machine shared
+with other jobs, load average 12-18): 772 s of CPU time (723 s user + 49 s
+system; 34 min wall at 37 % CPU under that load). On 2 free cores that is
+between 6.5 min (both cores busy) and 13 min (one core busy) of wall time.
+Test accuracies (2,000 test images; TA clean / ATA under PGD-20, eps 0.1,
+random start), of the deployable models:
+
+=========  =================  ======  ======
+method     compression ratio  TA      ATA
+=========  =================  ======  ======
+DA         1                  0.7555  0.5655
+AL0        0.01               0.6985  0.5095
+ATMC-32    0.01               0.7150  0.5170
+ATMC-8     0.0049             0.7015  0.5225
+=========  =================  ======  ======
+
+(ATMC-8: 4,302 non-zeros, 67,544 bits. Per-stage wall times under the load
+above: DA 1038 s, AL0 476 s, ATMC-32 271 s, ATMC-8 242 s.)
 """
 
 import ml_collections
