@@ -583,8 +583,11 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
   """Runs (or resumes) every stage of the grid and writes the reports.
 
   Args:
-    grid: the grid config: ``base`` (a training config), ``methods``,
-      ``sparsities``, ``stage_overrides``, ``atmc_bits``.
+    grid: the grid config: ``base`` (a training config) or ``base_config``
+      (a training config file), ``methods``, ``sparsities``,
+      ``base_overrides``, ``stage_overrides``, ``atmc_bits``, ``title``,
+      ``keep_going`` (on a stage's error, go on with the stages that do not
+      depend on it).
     workdir: the output directory; each stage runs in ``workdir/<stage>``.
     train_fn: ``(config, workdir) -> summary``; default
       ``atmc_jax.training.train_and_evaluate``.
@@ -596,6 +599,9 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
 
   Raises:
     ValueError: bad ``methods`` or ``sparsities``.
+    RuntimeError: with ``grid.keep_going``, after the reports are written,
+      when some stages failed (their error) or were skipped because a stage
+      they start from failed. Without it, a stage's error propagates.
   """
   stages = plan_stages(grid.methods, grid.sparsities)
   train_fn = train_fn or _default_train_fn()
@@ -603,11 +609,26 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
   dataset = grid.base.dataset
   logging.info('reproduce: %d stages: %s', len(stages),
                ', '.join(s.name for s in stages))
-  rows = []
+  keep_going = bool(grid.get('keep_going', False))
+  rows, failed = [], {}
   for i, stage in enumerate(stages):
     stage_dir = os.path.join(workdir, stage.name)
+    if stage.parent is not None and stage.parent.name in failed:
+      failed[stage.name] = f'skipped: it starts from {stage.parent.name}'
+      logging.error('[%d/%d] %s %s.', i + 1, len(stages), stage.name,
+                    failed[stage.name])
+      continue
     config = stage_config(grid, stage, workdir)
-    summary, ran = run_stage(config, stage_dir, train_fn)
+    try:
+      summary, ran = run_stage(config, stage_dir, train_fn)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if not keep_going:
+        raise
+      failed[stage.name] = f'{type(e).__name__}: {e}'
+      logging.exception('[%d/%d] %s failed; going on with the stages that '
+                        'do not depend on it.', i + 1, len(stages),
+                        stage.name)
+      continue
     if not is_finished(stage_dir):
       logging.warning('[%d/%d] %s stopped before the end (%s); rerun the '
                       'same command to resume it. Reporting the %d finished '
@@ -621,6 +642,11 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
     rows.append(row)
   if rows:
     write_reports(rows, workdir, title=grid.get('title') or dataset)
+  if failed:
+    raise RuntimeError(
+        f'{len(failed)} of {len(stages)} stages did not finish (the reports '
+        'cover the others; rerun to retry them):\n' + '\n'.join(
+            f'  {name}: {why}' for name, why in failed.items()))
   return _report.sort_rows(rows)
 
 

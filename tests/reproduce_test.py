@@ -173,6 +173,48 @@ class RunStageTest(absltest.TestCase):
     self.assertGreaterEqual(reproduce.stage_wall_time(stage_dir, summary), 0.0)
 
 
+class KeepGoingTest(absltest.TestCase):
+
+  def _grid(self, keep_going):
+    grid = ml_collections.ConfigDict()
+    grid.base = ml_collections.ConfigDict(
+        dict(stage='da', dataset='synthetic', sparsity=0.5, bits=None,
+             init_from=''))
+    grid.methods = 'da,al0,atmc32,ap'
+    grid.sparsities = '0.1'
+    grid.keep_going = keep_going
+    return grid
+
+  def _train_fn(self, calls):
+    def train_fn(config, workdir):
+      calls.append(os.path.basename(workdir))
+      if config.stage == 'al0':
+        raise FloatingPointError('non-finite loss')
+      return {'ta': 0.5, 'ata': 0.25, 'compression_ratio': 0.1, 'nnz': 1,
+              'model_bits': 32}
+    return train_fn
+
+  def test_failed_stage_skips_its_dependents_only(self):
+    workdir = _tempdir(self)
+    calls = []
+    with self.assertRaisesRegex(RuntimeError, r'(?s)2 of 4 stages.*'
+                                r'al0_p0.1: FloatingPointError.*'
+                                r'atmc32_p0.1: skipped'):
+      reproduce.reproduce(self._grid(True), workdir,
+                          train_fn=self._train_fn(calls))
+    self.assertEqual(calls, ['da', 'al0_p0.1', 'ap_p0.1'])
+    rows = _report.read_csv(os.path.join(workdir, 'results.csv'))
+    self.assertEqual([(r['method'], r['p']) for r in rows],
+                     [('da', None), ('ap', 0.1)])
+
+  def test_without_keep_going_the_error_propagates(self):
+    calls = []
+    with self.assertRaises(FloatingPointError):
+      reproduce.reproduce(self._grid(False), _tempdir(self),
+                          train_fn=self._train_fn(calls))
+    self.assertEqual(calls, ['da', 'al0_p0.1'])
+
+
 class ReportTest(absltest.TestCase):
 
   def test_csv_round_trip(self):

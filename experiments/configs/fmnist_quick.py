@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   grid.methods = 'da,al0,atmc32,atmc8'
   grid.sparsities = '0.01'
   grid.atmc_bits = 8
+  # On a stage's error, go on with the stages that do not depend on it (and
+  # exit with an error listing the failures after writing the reports).
+  grid.keep_going = True
   # Per-stage settings (the paper's CIFAR-10 recipe, shortened: lr 0.05 /
   # 0.01 / 0.005 / 0.005 for DA / AL0 / ATMC-32 / ATMC-8).
   grid.stage_overrides = ml_collections.ConfigDict(dict(
