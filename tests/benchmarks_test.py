@@ -158,6 +158,20 @@ class SuiteTest(absltest.TestCase):
 
 class TorchTest(absltest.TestCase):
 
+  def test_interleaved_records_and_ratio(self):
+    if not torch_lenet.available():
+      self.skipTest('torch is not installed')
+    suite = run.Suite(None, r'interleaved')
+    suite.results['meta'] = {}
+    run.run_interleaved(suite, quick=True, batch=8)
+    for name in ('lenet/pgd7_step/interleaved_jax',
+                 'lenet/pgd7_step/interleaved_torch'):
+      _check_record(self, suite.results[name])
+    ratio = suite.results['meta']['targets'][
+        'lenet_pgd7_vs_torch_interleaved']
+    self.assertLessEqual(ratio['ratio_min'], ratio['ratio_median'])
+    self.assertLessEqual(ratio['ratio_median'], ratio['ratio_max'])
+
   def test_torch_steps_run(self):
     if not torch_lenet.available():
       self.skipTest('torch is not installed')
