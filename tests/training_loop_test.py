@@ -155,6 +155,39 @@ def test_warm_start_factorizes_a_dense_run(full_run):
   np.testing.assert_allclose(out_f, out_d, rtol=1e-4, atol=1e-4)
 
 
+def test_natural_stage_selects_on_clean_validation_accuracy(tmp_path):
+  summary = training.train_and_evaluate(
+      tiny_config(stage='natural', num_epochs=1), str(tmp_path))
+  assert summary['status'] == 'finished'
+  assert summary['best_step'] is not None
+
+
+def test_warm_start_materializes_a_factorized_run(full_run, tmp_path):
+  workdir, _ = full_run
+  factorized_dir = str(tmp_path / 'atmc32')
+  training.train_and_evaluate(
+      tiny_config(stage='atmc32', init_from=workdir, num_epochs=1),
+      factorized_dir)
+  config = training.apply_stage(tiny_config(stage='da',
+                                            init_from=factorized_dir))
+  spec = _loop.data.DATASETS[config.dataset]
+  model = training.create_model(config, spec)
+  params, stats = training.init_variables(config, model, spec,
+                                          jax.random.PRNGKey(0))
+  fresh = model.init(jax.random.PRNGKey(1),
+                     np.zeros((1, 32, 32, 3), np.float32))['params']
+  chex.assert_trees_all_equal_shapes(params, fresh)
+  # The dense model computes the factorized run's function.
+  source, _ = training.restore_state_dict(factorized_dir)
+  factorized_model = training.create_model(
+      training.apply_stage(tiny_config(stage='atmc32')), spec)
+  x = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
+  out_d = model.apply({'params': params, 'batch_stats': stats}, x)
+  out_f = factorized_model.apply({'params': source['params'],
+                                  'batch_stats': source['batch_stats']}, x)
+  np.testing.assert_allclose(out_d, out_f, rtol=1e-4, atol=1e-4)
+
+
 def test_sigterm_sets_the_stop_flag():
   with _loop._Preemption() as preemption:  # pylint: disable=protected-access
     assert not preemption.requested

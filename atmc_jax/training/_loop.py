@@ -374,9 +374,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   deployable_fn = jax.jit(compression.deployable)
   lr_at = _optimizer.current_lr(config, steps_per_epoch)
 
-  # Resume.
+  # Resume. Natural-loss stages select the best checkpoint on clean
+  # validation accuracy, the others on robust validation accuracy.
+  best_metric = ('val_deployable_accuracy' if config.loss == 'natural'
+                 else 'val_deployable_adv_accuracy')
   checkpoints = _checkpoint.Checkpoints(
-      workdir, keep=config.keep_checkpoints)
+      workdir, keep=config.keep_checkpoints, best_metric=best_metric)
   restored, _ = checkpoints.restore(state)
   if restored is not None:
     state = restored
@@ -410,9 +413,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     out.update(_size_stats(compression, deployable, dense_count))
     return out, deployable
 
-  best_metric = ('val_deployable_accuracy' if config.loss == 'natural'
-                 else 'val_deployable_adv_accuracy')
-  checkpoints.best_metric = best_metric
 
   def meta(step):
     return {'step': int(step), 'epoch': int(step) // steps_per_epoch,
