@@ -20,7 +20,13 @@ its input several times per step, inside ``lax.fori_loop``):
   which a flax kernel ``(kh, kw, in, out)`` flattens. ``impl="auto"``
   (the default of every conv in :mod:`atmc_jax.models`) picks im2col on the
   CPU backend and ``lax.conv_general_dilated`` elsewhere, decided at trace
-  time from ``jax.default_backend()``.
+  time from ``jax.default_backend()``. With one input channel (LeNet's
+  conv1) the im2col path computes the forward with
+  ``lax.conv_general_dilated`` instead (a ``jax.custom_vjp`` whose backward
+  pass is the im2col one): on CPU that forward is several times faster than
+  building a ``K = kh * kw`` patch matrix, while XLA's input gradient of a
+  one-channel convolution is much slower than im2col's. Being a
+  ``custom_vjp``, that path supports reverse-mode differentiation only.
 
 :class:`Conv` and :class:`Dense` are the dense counterparts of
 :class:`~atmc_jax.models.FactorizedConv` and
@@ -30,6 +36,7 @@ reference implementation's), i.e. ``kernel ~ U(-1/sqrt(fan_in),
 1/sqrt(fan_in))`` and the same range for the bias.
 """
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -214,14 +221,27 @@ def conv2d(x: Array, kernel: Array, *,
         x, kernel.reshape(kh, kw, c_in, c_out), (sh, sw), pads,
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
 
-  if any(p for pair in pads for p in pair):
-    x = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
-  n, h, w, _ = x.shape
-  oh = (h - kh) // sh + 1
-  ow = (w - kw) // sw + 1
-  if oh < 1 or ow < 1:
+  h = x.shape[1] + pads[0][0] + pads[0][1]
+  w = x.shape[2] + pads[1][0] + pads[1][1]
+  if (h - kh) // sh + 1 < 1 or (w - kw) // sw + 1 < 1:
     raise ValueError(
         f'kernel {(kh, kw)} is larger than the padded input {(h, w)}.')
+  kernel_2d = kernel.reshape(kh * kw * c_in, c_out)
+  if c_in == 1:
+    return _conv_lax_forward_im2col_backward(x, kernel_2d, kh, kw, sh, sw,
+                                             pads, precision)
+  return _im2col_conv(x, kernel_2d, kh, kw, sh, sw, pads, precision)
+
+
+def _im2col_conv(x: Array, kernel_2d: Array, kh: int, kw: int, sh: int,
+                 sw: int, pads: tuple[tuple[int, int], ...],
+                 precision: Any) -> Array:
+  """im2col convolution: ``kh * kw`` strided slices, one concat, one dot."""
+  if any(p for pair in pads for p in pair):
+    x = jnp.pad(x, ((0, 0),) + tuple(pads) + ((0, 0),))
+  n, h, w, c_in = x.shape
+  oh = (h - kh) // sh + 1
+  ow = (w - kw) // sw + 1
   cols = [
       lax.slice(x, (0, i, j, 0),
                 (n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1, c_in),
@@ -229,8 +249,43 @@ def conv2d(x: Array, kernel: Array, *,
       for i in range(kh) for j in range(kw)
   ]
   patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
-  return jnp.dot(patches, kernel.reshape(kh * kw * c_in, c_out),
-                 precision=precision)
+  return jnp.dot(patches, kernel_2d, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6, 7))
+def _conv_lax_forward_im2col_backward(
+    x: Array, kernel_2d: Array, kh: int, kw: int, sh: int, sw: int,
+    pads: tuple[tuple[int, int], ...], precision: Any) -> Array:
+  """One-input-channel convolution: XLA's forward, the im2col gradients.
+
+  With ``C_in == 1`` the im2col patch matrix is an element-granular copy
+  (``kh * kw`` one-float slices concatenated along the minor axis) and the
+  matmul has ``K = kh * kw``; XLA:CPU's own convolution computes this forward
+  several times faster. Its *input gradient*, however, is much slower on
+  CPU than the transpose of im2col, so the backward pass is the VJP of
+  :func:`_im2col_conv` (values equal up to float rounding).
+  """
+  c_out = kernel_2d.shape[-1]
+  return lax.conv_general_dilated(
+      x, kernel_2d.reshape(kh, kw, 1, c_out), (sh, sw), pads,
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
+
+
+def _conv_lfib_fwd(x, kernel_2d, kh, kw, sh, sw, pads, precision):
+  y = _conv_lax_forward_im2col_backward(x, kernel_2d, kh, kw, sh, sw, pads,
+                                        precision)
+  return y, (x, kernel_2d)
+
+
+def _conv_lfib_bwd(kh, kw, sh, sw, pads, precision, residuals, g):
+  x, kernel_2d = residuals
+  _, vjp = jax.vjp(
+      lambda a, b: _im2col_conv(a, b, kh, kw, sh, sw, pads, precision),
+      x, kernel_2d)
+  return vjp(g)
+
+
+_conv_lax_forward_im2col_backward.defvjp(_conv_lfib_fwd, _conv_lfib_bwd)
 
 
 class Conv(nn.Module):
