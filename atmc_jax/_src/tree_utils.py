@@ -19,6 +19,22 @@ import numpy as np
 from atmc_jax._src import base
 
 
+def flatten_like(tree: base.PyTree, other: base.PyTree, what: str) -> list:
+  """The leaves of ``other`` flattened up to ``tree``'s structure.
+
+  Raises:
+    ValueError: ``other``'s structure does not match ``tree``'s; the message
+      names ``what`` (e.g. ``'mask'``).
+  """
+  tree_def = jax.tree.structure(tree)
+  try:
+    return tree_def.flatten_up_to(other)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        f'{what} structure does not match the params: expected '
+        f'{tree_def}, got {jax.tree.structure(other)}.') from e
+
+
 def default_mask(tree: base.PyTree) -> base.PyTree:
   """Selects floating-point leaves with ``ndim >= 2``."""
   return jax.tree.map(
@@ -46,12 +62,7 @@ def resolve_mask(tree: base.PyTree, mask: base.MaskOrFn = None,
   if callable(mask):
     mask = mask(tree)
   tree_def = jax.tree.structure(tree)
-  try:
-    mask_leaves = tree_def.flatten_up_to(mask)
-  except (ValueError, TypeError) as e:
-    raise ValueError(
-        'mask structure does not match the params: expected '
-        f'{tree_def}, got {jax.tree.structure(mask)}.') from e
+  mask_leaves = flatten_like(tree, mask, 'mask')
   out = []
   paths = [path_to_name(p) for p, _ in
            jax.tree_util.tree_flatten_with_path(tree)[0]]

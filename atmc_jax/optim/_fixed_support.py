@@ -135,12 +135,7 @@ def fixed_support(
           lambda m, p: (p != 0) if m else jnp.ones((), bool), sel, params)
     else:
       tree_def = jax.tree.structure(params)
-      try:
-        sup_leaves = tree_def.flatten_up_to(support)
-      except (ValueError, TypeError) as e:
-        raise ValueError(
-            'support structure does not match the params: expected '
-            f'{tree_def}, got {jax.tree.structure(support)}.') from e
+      sup_leaves = tree_utils.flatten_like(params, support, 'support')
       names = jax.tree.leaves(tree_utils.leaf_names(params))
       out = []
       for name, m, s, p in zip(names, jax.tree.leaves(sel), sup_leaves,
