@@ -6,6 +6,7 @@ variant (``factorized=True``) with the same module names, so
 :func:`factorize` and :func:`materialize` convert params between them.
 """
 
+from atmc_jax.models._conv_pool import conv2d_max_pool
 from atmc_jax.models._factorized import compose
 from atmc_jax.models._factorized import factor_shapes
 from atmc_jax.models._factorized import factorize
@@ -13,9 +14,9 @@ from atmc_jax.models._factorized import FactorizedConv
 from atmc_jax.models._factorized import FactorizedDense
 from atmc_jax.models._factorized import materialize
 from atmc_jax.models._layers import Conv
-from atmc_jax.models._layers import conv2d
 from atmc_jax.models._layers import Dense
-from atmc_jax.models._layers import max_pool_2x2
+from atmc_jax.models._ops import conv2d
+from atmc_jax.models._ops import max_pool_2x2
 from atmc_jax.models._lenet import CaffeLeNet
 from atmc_jax.models._registry import create_model
 from atmc_jax.models._registry import model_names

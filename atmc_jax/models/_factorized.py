@@ -43,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from atmc_jax._src import base
+from atmc_jax.models import _conv_pool
 from atmc_jax.models import _layers
+from atmc_jax.models import _ops
 
 Array = jax.Array
 
@@ -167,12 +169,15 @@ class FactorizedConv(nn.Module):
       it goes into the non-square factor, the square factor and ``C`` start
       at 0.
     bias_init: ``None`` is PyTorch's ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    max_pool: follow the convolution (and bias) by 2x2 max pooling with
+      stride 2, fused with it where that is faster
+      (:func:`~atmc_jax.models.conv2d_max_pool`).
   """
 
   features: int
   kernel_size: int | Sequence[int]
   strides: int | Sequence[int] = 1
-  padding: _layers.PaddingLike = 'SAME'
+  padding: _ops.PaddingLike = 'SAME'
   use_bias: bool = True
   conv_impl: str = 'auto'
   dtype: Any = None
@@ -180,10 +185,11 @@ class FactorizedConv(nn.Module):
   precision: Any = None
   kernel_init: Any = _layers.torch_default_kernel_init
   bias_init: Any = None
+  max_pool: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kh, kw = _layers.to_pair(self.kernel_size, 'kernel_size')
+    kh, kw = _ops.to_pair(self.kernel_size, 'kernel_size')
     c_in, out = x.shape[-1], self.features
     fan_in = kh * kw * c_in
     factors = [
@@ -198,9 +204,13 @@ class FactorizedConv(nn.Module):
       bias = self.param('bias', bias_init, (out,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
                                               dtype=self.dtype)
-    y = _layers.conv2d(x, kernel, kernel_size=(kh, kw), strides=self.strides,
-                       padding=self.padding, impl=self.conv_impl,
-                       precision=self.precision)
+    if self.max_pool:
+      return _conv_pool.conv2d_max_pool(
+          x, kernel, bias, kernel_size=(kh, kw), strides=self.strides,
+          padding=self.padding, impl=self.conv_impl, precision=self.precision)
+    y = _ops.conv2d(x, kernel, kernel_size=(kh, kw), strides=self.strides,
+                    padding=self.padding, impl=self.conv_impl,
+                    precision=self.precision)
     if bias is not None:
       y = y + bias
     return y

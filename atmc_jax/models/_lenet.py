@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 
 from atmc_jax.models import _common
-from atmc_jax.models import _layers
 
 
 class CaffeLeNet(nn.Module):
@@ -49,10 +48,9 @@ class CaffeLeNet(nn.Module):
                             dtype=self.dtype)
     dense = _common.dense_cls(self.factorized, dtype=self.dtype)
     x = _common.normalize(x, self.mean, self.std, self.dtype)
-    x = conv(20, 5, padding='VALID', name='conv1')(x)
-    x = _layers.max_pool_2x2(x)
-    x = conv(50, 5, padding='VALID', name='conv2')(x)
-    x = _layers.max_pool_2x2(x)
+    # Each conv is followed by 2x2 max pooling, fused with it on CPU.
+    x = conv(20, 5, padding='VALID', max_pool=True, name='conv1')(x)
+    x = conv(50, 5, padding='VALID', max_pool=True, name='conv2')(x)
     x = x.reshape(x.shape[0], -1)
     x = dense(500, name='fc1')(x)
     x = nn.relu(x)
