@@ -8,11 +8,15 @@ Measures, on Caffe LeNet at batch 256 (28x28x1, 10 classes):
   gradients with signed steps and projection inside ``lax.fori_loop``
   (epsilon 0.3, step 0.1), then the weight gradient on the adversarial batch.
 
-Variants: ``im2col`` and ``lax`` (``CaffeLeNet(conv_impl=...)``, both with
-the reshape-based :func:`atmc_jax.models.max_pool_2x2`), ``flax_defaults``
-(``nn.Conv`` + ``nn.max_pool`` + ``nn.Dense`` on the same params: what a
-straightforward Flax LeNet does), and ``factorized_im2col`` /
-``factorized_lax`` (the U·V+C model on the factorized params).
+Variants: ``im2col`` and ``lax`` (``CaffeLeNet(conv_impl=...)``: with
+``im2col`` each conv and its max pooling run as the fused space-to-depth op
+:func:`atmc_jax.models.conv2d_max_pool`, with ``lax`` as XLA's convolution
+and ``lax.reduce_window``), ``unfused_im2col`` (the im2col convolution
+followed by the reshape-based :func:`atmc_jax.models.max_pool_2x2`, i.e.
+the library before the fused op), ``flax_defaults`` (``nn.Conv`` +
+``nn.max_pool`` + ``nn.Dense`` on the same params: what a straightforward
+Flax LeNet does), and ``factorized_im2col`` / ``factorized_lax`` (the U·V+C
+model on the factorized params).
 
 Usage: ``python -m benchmarks.models [--quick]``; ``run(quick)`` returns
 ``{name: {"median_s", "min_s", "max_s", "n", ...}}``.
@@ -89,6 +93,21 @@ def _time(fn, *args, n):
           'max_s': times[-1], 'n': n}
 
 
+class _UnfusedLeNet(nn.Module):
+  """Caffe LeNet with im2col convs and a separate reshape max-pool."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del train
+    conv = lambda f, name: models.Conv(f, 5, padding='VALID',
+                                       conv_impl='im2col', name=name)
+    x = models.max_pool_2x2(conv(20, 'conv1')(x))
+    x = models.max_pool_2x2(conv(50, 'conv2')(x))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(models.Dense(500, name='fc1')(x))
+    return models.Dense(10, name='fc2')(x)
+
+
 def run(quick: bool = False) -> dict:
   """Times every variant; see the module docstring for the names."""
   n = 3 if quick else 10
@@ -100,6 +119,7 @@ def run(quick: bool = False) -> dict:
   variants = {
       'im2col': (models.CaffeLeNet(conv_impl='im2col'), dense_params),
       'lax': (models.CaffeLeNet(conv_impl='lax'), dense_params),
+      'unfused_im2col': (_UnfusedLeNet(), dense_params),
       'flax_defaults': (_FlaxDefaultsLeNet(), dense_params),
       'factorized_im2col': (
           models.CaffeLeNet(factorized=True, conv_impl='im2col'), fact_params),
@@ -108,7 +128,7 @@ def run(quick: bool = False) -> dict:
   }
   if quick:
     variants = {k: v for k, v in variants.items()
-                if k in ('im2col', 'lax', 'flax_defaults')}
+                if k in ('im2col', 'unfused_im2col', 'flax_defaults')}
   results = {}
   for name, (model, params) in variants.items():
     fwd_bwd, pgd_step = _steps(model)
