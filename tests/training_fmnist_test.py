@@ -39,7 +39,9 @@ def test_short_adversarial_run_learns(tmp_path):
   config.batch_size = 32
   config.eval_batch_size = 256
   config.num_epochs = 3  # 78 steps per epoch: 234 steps.
-  config.learning_rate = 0.05
+  # 0.05 sits at the edge of stability here (batch 32, momentum 0.9): a
+  # change in float rounding alone can tip it into divergence.
+  config.learning_rate = 0.02
   config.lr_decay_epochs = ()
   config.train_attack.num_steps = 1
   config.eval.attack.num_steps = 5
