@@ -104,7 +104,7 @@ def conv2d_max_pool(x: Array, kernel: Array, bias: Array | None = None, *,
              else kernel.shape[0] == kh * kw * c_in)
   if impl != 'im2col' or (sh, sw) != (1, 1) or not rows_ok:
     y = _ops.conv2d(x, kernel, kernel_size=(kh, kw), strides=(sh, sw),
-                       padding=pads, impl=impl, precision=precision)
+                    padding=pads, impl=impl, precision=precision)
     if bias is not None:
       y = y + bias
     return lax.reduce_window(y, -jnp.inf, lax.max, (1, 2, 2, 1),
@@ -120,12 +120,13 @@ def conv2d_max_pool(x: Array, kernel: Array, bias: Array | None = None, *,
   taps_h, taps_w = _phase_taps(kh), _phase_taps(kw)
   # (u, a, d_p, i) x (v, b, d_q, j) x (i, j, c, o) -> rows (u, v, a, b, c),
   # columns (d_p, d_q, o): the im2col kernel of the space-to-depth input.
+  # Each entry is one kernel entry or 0; HIGHEST keeps it exact on TPU/GPU.
   phase_kernel = jnp.einsum('uapi,vbqj,ijco->uvabcpqo', taps_h, taps_w,
-                            kernel)
+                            kernel, precision=lax.Precision.HIGHEST)
   ut, vt = taps_h.shape[0], taps_w.shape[0]
   phase_kernel = phase_kernel.reshape(ut * vt * 4 * c_in, 4 * c_out)
   y = _ops.im2col_conv(xs, phase_kernel, ut, vt, 1, 1, ((0, 0), (0, 0)),
-                          precision)
+                       precision)
   y = y.reshape(y.shape[:3] + (4, c_out))
   if bias is not None:
     y = y + bias
