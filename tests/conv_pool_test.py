@@ -13,14 +13,12 @@ from atmc_jax import models
 
 def _reference(x, kernel, bias, strides, padding):
   """XLA's convolution, the bias, then flax's max pooling."""
-  kh, kw = kernel.shape[:2]
   pads = padding
   if isinstance(padding, int):
     pads = ((padding, padding), (padding, padding))
   y = lax.conv_general_dilated(
       x, kernel, strides, pads, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
       precision=lax.Precision.HIGHEST)
-  del kh, kw
   if bias is not None:
     y = y + bias
   return nn.max_pool(y, (2, 2), strides=(2, 2), padding='VALID')
