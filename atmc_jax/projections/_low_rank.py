@@ -24,11 +24,16 @@ def _from_matrix(w: jax.Array, shape) -> jax.Array:
   return w.T.reshape(shape)
 
 
-def _svd(x: jax.Array):
-  w = _to_matrix(x)
+def _float_matrix(x: jax.Array) -> jax.Array:
+  """The leaf as a matrix, in float32 unless it is float32/float64."""
+  w = _to_matrix(jnp.asarray(x))
   if w.dtype not in (jnp.float32, jnp.float64):
     w = w.astype(jnp.float32)
-  return jnp.linalg.svd(w, full_matrices=False)
+  return w
+
+
+def _svd(x: jax.Array):
+  return jnp.linalg.svd(_float_matrix(x), full_matrices=False)
 
 
 def _check_rank(rank, name: str) -> int:
@@ -108,6 +113,17 @@ def _check_fraction(keep_fraction) -> None:
         f'keep_fraction must be a number in [0, 1], got {keep_fraction!r}.')
 
 
+def _global_selection(tree, keep_fraction, mask):
+  """Validates the arguments of the global rule; ``(leaves, treedef, sel)``.
+
+  ``sel`` is the flattened mask (one bool per leaf).
+  """
+  _check_fraction(keep_fraction)
+  mask = tree_utils.resolve_mask(tree, mask)
+  leaves, treedef = jax.tree.flatten(tree)
+  return leaves, treedef, treedef.flatten_up_to(mask)
+
+
 def _global_keep(svals: list, keep_fraction: float) -> list:
   """Per-leaf bool vectors: which singular values survive globally."""
   total = sum(int(s.shape[0]) for s in svals)
@@ -146,16 +162,11 @@ def low_rank_ranks(tree: base.PyTree, keep_fraction: float,
   Raises:
     ValueError: ``keep_fraction`` outside ``[0, 1]``, or a bad mask.
   """
-  _check_fraction(keep_fraction)
-  mask = tree_utils.resolve_mask(tree, mask)
-  leaves, treedef = jax.tree.flatten(tree)
-  sel = treedef.flatten_up_to(mask)
-  picked = [jnp.asarray(x) for x, m in zip(leaves, sel) if m]
+  leaves, treedef, sel = _global_selection(tree, keep_fraction, mask)
+  picked = [x for x, m in zip(leaves, sel) if m]
   if not picked:
     return jax.tree.unflatten(treedef, [None] * len(leaves))
-  svals = [jnp.linalg.svd(_to_matrix(x).astype(jnp.float32)
-                          if x.dtype not in (jnp.float32, jnp.float64)
-                          else _to_matrix(x), compute_uv=False)
+  svals = [jnp.linalg.svd(_float_matrix(x), compute_uv=False)
            for x in picked]
   keeps = iter(_global_keep(svals, keep_fraction))
   out = [jnp.sum(next(keeps), dtype=jnp.int32) if m else None for m in sel]
@@ -182,14 +193,11 @@ def project_low_rank_global(tree: base.PyTree, keep_fraction: float,
   Raises:
     ValueError: ``keep_fraction`` outside ``[0, 1]``, or a bad mask.
   """
-  _check_fraction(keep_fraction)
-  mask = tree_utils.resolve_mask(tree, mask)
-  leaves, treedef = jax.tree.flatten(tree)
-  sel = treedef.flatten_up_to(mask)
+  leaves, treedef, sel = _global_selection(tree, keep_fraction, mask)
   idx = [i for i, m in enumerate(sel) if m]
   if not idx:
     return tree
-  svds = [_svd(jnp.asarray(leaves[i])) for i in idx]
+  svds = [_svd(leaves[i]) for i in idx]
   keeps = _global_keep([s for _, s, _ in svds], keep_fraction)
   out = list(leaves)
   for i, (u, s, vt), kk in zip(idx, svds, keeps):
