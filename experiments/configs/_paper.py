@@ -9,6 +9,8 @@ DA; NAP, AP and ALR as AL0).
 
 import ml_collections
 
+from experiments.configs import default
+
 # stage -> (epochs, learning rate, lr decay epochs, warm start from)
 CIFAR10_RECIPE = {
     'natural': (200, 0.05, (80, 120, 150), None),
@@ -50,3 +52,29 @@ def set_pgd(attack: ml_collections.ConfigDict, epsilon: float,
   attack.num_steps = num_steps
   attack.step_size = 1.25 * epsilon / num_steps if reference_step else None
   attack.random_start = random_start
+
+
+def paper_config(stage: str, *, dataset: str, model: str, sparsity: float,
+                 adv_loss: str, batch_size: int, eval_batch_size: int,
+                 epsilon: float, train_steps: int
+                 ) -> ml_collections.ConfigDict:
+  """One of the paper's settings: the default config plus the recipe.
+
+  Seed 117 (the reference's), L-inf PGD at ``epsilon`` with
+  ``train_steps`` iterations and the reference step ``1.25 * eps / K`` in
+  training, PGD-20 with the default step in evaluation.
+
+  Raises:
+    ValueError: ``stage`` has no recipe.
+  """
+  config = default.get_config()
+  config.dataset = dataset
+  config.model = model
+  config.sparsity = sparsity
+  config.adv_loss = adv_loss
+  config.batch_size = batch_size
+  config.eval_batch_size = eval_batch_size
+  config.seed = 117
+  set_pgd(config.train_attack, epsilon, train_steps)
+  set_pgd(config.eval.attack, epsilon, 20, reference_step=False)
+  return apply_recipe(config, stage)

@@ -16,19 +16,12 @@ paper's figure (approximate): DA TA 0.593 / ATA 0.349; at p = 0.005 AL0
 """
 
 from experiments.configs import _paper
-from experiments.configs import default
 
 
 def get_config(stage: str = 'da'):
   """CIFAR-100 / ResNet-34; ``stage`` is the config string."""
-  config = default.get_config()
-  config.dataset = 'cifar100'
-  config.model = 'resnet34'
-  config.sparsity = 0.005
-  config.adv_loss = 'adversarial'
-  config.batch_size = 256
-  config.eval_batch_size = 512
-  config.seed = 117
-  _paper.set_pgd(config.train_attack, 4 / 255, 7)
-  _paper.set_pgd(config.eval.attack, 4 / 255, 20, reference_step=False)
-  return _paper.apply_recipe(config, stage)
+  config = _paper.paper_config(
+      stage, dataset='cifar100', model='resnet34', sparsity=0.005,
+      adv_loss='adversarial', batch_size=256, eval_batch_size=512,
+      epsilon=4 / 255, train_steps=7)
+  return config

@@ -34,21 +34,14 @@ ATMC-32 0.838 / 0.630; ATMC-8 (CR 0.0019) 0.835 / 0.625.
 """
 
 from experiments.configs import _paper
-from experiments.configs import default
 
 
 def get_config(stage: str = 'da'):
   """CIFAR-10 / ResNet-34; ``stage`` is the config string."""
-  config = default.get_config()
-  config.dataset = 'cifar10'
-  config.model = 'resnet34'
-  config.sparsity = 0.005
-  config.adv_loss = 'mixed'
-  config.batch_size = 128
-  config.eval_batch_size = 512
-  config.seed = 117
+  config = _paper.paper_config(
+      stage, dataset='cifar10', model='resnet34', sparsity=0.005,
+      adv_loss='mixed', batch_size=128, eval_batch_size=512,
+      epsilon=4 / 255, train_steps=7)
   config.admm_interval = 10
   config.rho = 0.1
-  _paper.set_pgd(config.train_attack, 4 / 255, 7)
-  _paper.set_pgd(config.eval.attack, 4 / 255, 20, reference_step=False)
-  return _paper.apply_recipe(config, stage)
+  return config

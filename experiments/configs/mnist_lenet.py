@@ -19,19 +19,12 @@ ATA 0.783; at p = 0.01 AL0 0.855 / 0.725, ATMC-32 0.873 / 0.72.
 """
 
 from experiments.configs import _paper
-from experiments.configs import default
 
 
 def get_config(stage: str = 'da'):
   """MNIST / LeNet; ``stage`` is the config string."""
-  config = default.get_config()
-  config.dataset = 'mnist'
-  config.model = 'lenet'
-  config.sparsity = 0.01
-  config.adv_loss = 'mixed'
-  config.batch_size = 256
-  config.eval_batch_size = 1000
-  config.seed = 117
-  _paper.set_pgd(config.train_attack, 76 / 255, 16)
-  _paper.set_pgd(config.eval.attack, 76 / 255, 20, reference_step=False)
-  return _paper.apply_recipe(config, stage)
+  config = _paper.paper_config(
+      stage, dataset='mnist', model='lenet', sparsity=0.01,
+      adv_loss='mixed', batch_size=256, eval_batch_size=1000,
+      epsilon=76 / 255, train_steps=16)
+  return config

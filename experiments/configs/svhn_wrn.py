@@ -14,19 +14,12 @@ paper's figure (approximate): DA TA 0.950 / ATA 0.746; at p = 0.005 AL0
 """
 
 from experiments.configs import _paper
-from experiments.configs import default
 
 
 def get_config(stage: str = 'da'):
   """SVHN / WRN-16-8; ``stage`` is the config string."""
-  config = default.get_config()
-  config.dataset = 'svhn'
-  config.model = 'wrn16_8'
-  config.sparsity = 0.005
-  config.adv_loss = 'adversarial'
-  config.batch_size = 256
-  config.eval_batch_size = 512
-  config.seed = 117
-  _paper.set_pgd(config.train_attack, 4 / 255, 7)
-  _paper.set_pgd(config.eval.attack, 4 / 255, 20, reference_step=False)
-  return _paper.apply_recipe(config, stage)
+  config = _paper.paper_config(
+      stage, dataset='svhn', model='wrn16_8', sparsity=0.005,
+      adv_loss='adversarial', batch_size=256, eval_batch_size=512,
+      epsilon=4 / 255, train_steps=7)
+  return config
