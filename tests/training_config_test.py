@@ -136,18 +136,24 @@ def test_optimizer_is_pytorch_sgd_with_masked_decay(decay_all):
       rtol=1e-5)
 
 
-@pytest.mark.parametrize('stage', ['ap', 'al0', 'atmc8'])
-def test_compression_stages_meet_the_budget(stage):
+def _toy_compression(stage, sparsity, seed):
+  """A stage-applied config and ``prepare_compression`` of two toy layers."""
   config = default.get_config()
   config.stage = stage
-  config.sparsity = 0.25
+  config.sparsity = sparsity
   config.allow_random_init = True
   config = training.apply_stage(config)
-  rng = np.random.default_rng(0)
+  rng = np.random.default_rng(seed)
   params = {'a': {'kernel': jnp.asarray(rng.normal(size=(6, 8)), jnp.float32),
                   'bias': jnp.ones((8,))},
             'b': {'kernel': jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}}
   params, comp = training.prepare_compression(config, params)
+  return config, params, comp
+
+
+@pytest.mark.parametrize('stage', ['ap', 'al0', 'atmc8'])
+def test_compression_stages_meet_the_budget(stage):
+  config, params, comp = _toy_compression(stage, 0.25, seed=0)
   assert comp.budget == int(0.25 * (48 + 32))
   tx = training.make_optimizer(config, params, comp, steps_per_epoch=10)
   state = jax.jit(tx.init)(params)
@@ -175,16 +181,7 @@ def test_compression_stages_meet_the_budget(stage):
 
 
 def test_low_rank_stage_fixes_global_ranks():
-  config = default.get_config()
-  config.stage = 'alr'
-  config.sparsity = 0.3
-  config.allow_random_init = True
-  config = training.apply_stage(config)
-  rng = np.random.default_rng(1)
-  params = {'a': {'kernel': jnp.asarray(rng.normal(size=(6, 8)), jnp.float32),
-                  'bias': jnp.ones((8,))},
-            'b': {'kernel': jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)}}
-  params, comp = training.prepare_compression(config, params)
+  config, params, comp = _toy_compression('alr', 0.3, seed=1)
   ranks = (comp.ranks['a']['kernel'], comp.ranks['b']['kernel'])
   assert all(isinstance(r, int) and r >= 1 for r in ranks)
   assert sum(ranks) == int(0.3 * (6 + 4))  # Of all 10 singular values.

@@ -133,14 +133,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert not os.path.exists(os.path.join(workdir, 'summary.json'))
 
 
-def test_warm_start_factorizes_a_dense_run(full_run):
-  workdir, _ = full_run
-  config = training.apply_stage(tiny_config(stage='atmc32',
-                                            init_from=workdir))
+def _warm_started(stage, init_from):
+  """``(model, spec, params, batch_stats)`` of ``stage`` warm-started."""
+  config = training.apply_stage(tiny_config(stage=stage, init_from=init_from))
   spec = _loop.data.DATASETS[config.dataset]
   model = training.create_model(config, spec)
   params, stats = training.init_variables(config, model, spec,
                                           jax.random.PRNGKey(0))
+  return model, spec, params, stats
+
+
+def test_warm_start_factorizes_a_dense_run(full_run):
+  workdir, _ = full_run
+  model, spec, params, stats = _warm_started('atmc32', workdir)
   source, _ = training.restore_state_dict(workdir)
   chex.assert_trees_all_close(
       models.materialize(params, like=source['params']), source['params'],
@@ -168,12 +173,7 @@ def test_warm_start_materializes_a_factorized_run(full_run, tmp_path):
   training.train_and_evaluate(
       tiny_config(stage='atmc32', init_from=workdir, num_epochs=1),
       factorized_dir)
-  config = training.apply_stage(tiny_config(stage='da',
-                                            init_from=factorized_dir))
-  spec = _loop.data.DATASETS[config.dataset]
-  model = training.create_model(config, spec)
-  params, stats = training.init_variables(config, model, spec,
-                                          jax.random.PRNGKey(0))
+  model, spec, params, stats = _warm_started('da', factorized_dir)
   fresh = model.init(jax.random.PRNGKey(1),
                      np.zeros((1, 32, 32, 3), np.float32))['params']
   chex.assert_trees_all_equal_shapes(params, fresh)
