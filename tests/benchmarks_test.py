@@ -13,6 +13,7 @@ import jax
 
 from benchmarks import _timing
 from benchmarks import flops
+from benchmarks import profile_step
 from benchmarks import run
 from benchmarks import steps
 from benchmarks import torch_lenet
@@ -192,6 +193,35 @@ class TorchTest(absltest.TestCase):
     self.assertGreaterEqual(float(x_adv.min()), 0.0)
     self.assertLessEqual(float(x_adv.max()), 1.0)
     self.assertGreater(float((x_adv - x).abs().max()), 0.0)
+
+
+class ProfileStepTest(absltest.TestCase):
+
+  def test_op_table_reads_a_trace(self):
+    x = jax.numpy.ones((256, 256))
+    f = jax.jit(lambda a: jax.numpy.tanh(a @ a))
+    jax.block_until_ready(f(x))
+    trace_dir = tempfile.mkdtemp()
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(2):
+      jax.block_until_ready(f(x))
+    jax.profiler.stop_trace()
+    rows = profile_step._op_table(trace_dir, tempfile.mkdtemp(), steps=2,
+                                  top=5)
+    self.assertNotEmpty(rows)
+    self.assertLessEqual(len(rows), 5)
+    ms = [r[0] for r in rows]
+    self.assertEqual(ms, sorted(ms, reverse=True))
+    self.assertGreater(ms[0], 0.0)
+    # No HLO dump given: ops are listed without descriptions.
+    self.assertTrue(all(r[3] == '' for r in rows))
+
+  def test_bad_arguments(self):
+    for argv in (['--attack-steps', '0'], ['--reps', '0'], ['--top', '0']):
+      with self.assertRaises(SystemExit):
+        profile_step._parse(argv)
+    self.assertEqual(profile_step._parse(['--attack-steps', '3']).attack_steps,
+                     [3])
 
 
 if __name__ == '__main__':
