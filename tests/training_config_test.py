@@ -32,6 +32,7 @@ def _valid():
     ('data_source', 'web', r'config.data_source=.*web.*accepted'),
     ('num_epochs', 0, r'config.num_epochs=0'),
     ('learning_rate', -1.0, r'config.learning_rate=-1.0'),
+    ('num_val', 0, r'config.num_val=0.*>= 1'),
 ])
 def test_invalid_values_name_the_key(key, value, match):
   config = _valid()
@@ -180,19 +181,69 @@ def test_compression_stages_meet_the_budget(stage):
     assert comp.bits == 8
 
 
-def test_low_rank_stage_fixes_global_ranks():
+def test_low_rank_stage_trains_the_factors():
+  """ALR (spec §4.3): global truncation, then B = U_r sqrt(S_r), A = ..."""
+  rng = np.random.default_rng(1)
+  dense = {'a': np.asarray(rng.normal(size=(6, 8)), np.float32),
+           'b': np.asarray(rng.normal(size=(8, 4)), np.float32)}
   config, params, comp = _toy_compression('alr', 0.3, seed=1)
   ranks = (comp.ranks['a']['kernel'], comp.ranks['b']['kernel'])
   assert all(isinstance(r, int) and r >= 1 for r in ranks)
   assert sum(ranks) == int(0.3 * (6 + 4))  # Of all 10 singular values.
-  for leaf, r in zip((params['a']['kernel'], params['b']['kernel']), ranks):
-    assert np.linalg.matrix_rank(np.asarray(leaf), tol=1e-4) <= r
+  # The kernels are replaced by their factors, of the fixed ranks.
+  for name, r in zip('ab', ranks):
+    layer = params[name]
+    assert 'kernel' not in layer
+    out, fan_in = dense[name].shape[1], dense[name].shape[0]
+    assert layer['B'].shape == (out, r) and layer['A'].shape == (r, fan_in)
+    # B·A is the rank-r truncation of W = kernel.T (Eckart-Young).
+    u, s, vt = np.linalg.svd(dense[name].T, full_matrices=False)
+    truncation = (u[:, :r] * s[:r]) @ vt[:r]
+    np.testing.assert_allclose(np.asarray(layer['B'] @ layer['A']),
+                               truncation, atol=1e-5)
+    # B = U_r sqrt(S_r): its columns have norms sqrt(s), as do A's rows.
+    np.testing.assert_allclose(np.linalg.norm(layer['B'], axis=0),
+                               np.sqrt(s[:r]), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(layer['A'], axis=1),
+                               np.sqrt(s[:r]), rtol=1e-5)
+  assert params['a']['bias'].shape == (8,)
   assert comp.low_rank_bits(params) == 32 * (ranks[0] * (8 + 6)
                                              + ranks[1] * (4 + 8))
+  # The optimizer trains the factors themselves (no projection needed).
   tx = training.make_optimizer(config, params, comp, steps_per_epoch=10)
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, state = jax.jit(tx.update)(grads, state, params)
-  params = optax.apply_updates(params, updates)
-  for leaf, r in zip((params['a']['kernel'], params['b']['kernel']), ranks):
-    assert np.linalg.matrix_rank(np.asarray(leaf), tol=1e-4) <= r
+  new = optax.apply_updates(params, updates)
+  for name in 'ab':
+    for k in ('B', 'A'):
+      assert new[name][k].shape == params[name][k].shape
+      assert not np.allclose(new[name][k], params[name][k])
+  # The factors are the deployed model: exactly rank r, nothing to project.
+  assert comp.deployable(new) is new
+
+
+def test_low_rank_model_forms_the_kernels():
+  """LowRankModel applies a dense model with kernels (B·A).T."""
+  from atmc_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model('lenet', num_classes=10)
+  x = jnp.asarray(np.random.default_rng(0).random((4, 28, 28, 1)),
+                  jnp.float32)
+  dense = model.init(jax.random.key(0), x)['params']
+  config = default.get_config()
+  config.stage = 'alr'
+  config.sparsity = 0.05
+  config = training.apply_stage(config)
+  factors, comp = training.prepare_compression(config, dense)
+  wrapped = comp.wrap_model(model)
+  assert isinstance(wrapped, models.LowRankModel)
+  kernel_shapes = {k: v['kernel'].shape for k, v in dense.items()}
+  formed = wrapped.dense_params(factors)
+  assert {k: v['kernel'].shape for k, v in formed.items()} == kernel_shapes
+  np.testing.assert_allclose(
+      np.asarray(wrapped.apply({'params': factors}, x)),
+      np.asarray(model.apply({'params': formed}, x)), rtol=1e-6)
+  # Gradients reach B and A.
+  grads = jax.grad(lambda p: wrapped.apply({'params': p}, x).sum())(factors)
+  assert float(jnp.abs(grads['fc1']['B']).sum()) > 0
+  assert float(jnp.abs(grads['conv1']['A']).sum()) > 0

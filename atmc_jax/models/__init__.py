@@ -4,6 +4,8 @@ Every model takes NHWC images in ``[0, 1]`` (normalisation happens inside,
 from the ``mean``/``std`` attributes) and has a dense and a factorized
 variant (``factorized=True``) with the same module names, so
 :func:`factorize` and :func:`materialize` convert params between them.
+:class:`LowRankModel` runs a dense model on fixed-rank factors ``B·A`` (the
+ALR baseline).
 """
 
 from atmc_jax.models._conv_pool import conv2d_max_pool
@@ -18,6 +20,10 @@ from atmc_jax.models._layers import Dense
 from atmc_jax.models._ops import conv2d
 from atmc_jax.models._ops import max_pool_2x2
 from atmc_jax.models._lenet import CaffeLeNet
+from atmc_jax.models._low_rank import compose_low_rank
+from atmc_jax.models._low_rank import low_rank_bits
+from atmc_jax.models._low_rank import LowRankModel
+from atmc_jax.models._low_rank import to_low_rank
 from atmc_jax.models._registry import create_model
 from atmc_jax.models._registry import model_names
 from atmc_jax.models._registry import MODELS

@@ -45,6 +45,7 @@ import numpy as np
 from atmc_jax._src import base
 from atmc_jax.models import _conv_pool
 from atmc_jax.models import _layers
+from atmc_jax.models import _low_rank
 from atmc_jax.models import _ops
 
 Array = jax.Array
@@ -271,8 +272,10 @@ def materialize(params: base.Params, like: base.PyTree = None) -> base.Params:
   """Converts factorized params back to dense ``kernel`` params.
 
   Every layer dict holding ``U, V, C`` gets ``kernel = compose(U, V, C).T``
-  (see :func:`compose`), reshaped to the dense kernel's shape; other leaves
-  pass through. ``materialize(factorize(p), like=p)`` returns ``p`` exactly.
+  (see :func:`compose`), and every layer dict holding the fixed-rank factors
+  ``B, A`` (:mod:`atmc_jax.models._low_rank`) gets ``kernel = (B·A).T``,
+  reshaped to the dense kernel's shape; other leaves pass through.
+  ``materialize(factorize(p), like=p)`` returns ``p`` exactly.
 
   A conv kernel's shape ``(kh, kw, in, out)`` cannot be read off the 2-D
   factors, so it comes from ``like``: the dense params (or anything with the
@@ -295,14 +298,18 @@ def materialize(params: base.Params, like: base.PyTree = None) -> base.Params:
   def convert(node, ref, path):
     if not isinstance(node, Mapping):
       return node
-    if _is_factorized_layer(node):
-      w = compose(node['U'], node['V'], node['C'])
+    if _is_factorized_layer(node) or _low_rank.is_low_rank_layer(node):
+      if _is_factorized_layer(node):
+        w, names = compose(node['U'], node['V'], node['C']), FACTOR_NAMES
+      else:
+        w = _low_rank.compose_low_rank(node['B'], node['A'])
+        names = _low_rank.LOW_RANK_NAMES
       kernel = w.T
       if ref is not None:
         if not isinstance(ref, Mapping) or 'kernel' not in ref:
           raise ValueError(
               f'like has no kernel at {path or "<root>"!r}, where params '
-              'has U, V, C.')
+              f'has {", ".join(names)}.')
         shape = tuple(ref['kernel'].shape)
         if int(np.prod(shape)) != kernel.size or shape[-1] != kernel.shape[1]:
           raise ValueError(
@@ -311,7 +318,7 @@ def materialize(params: base.Params, like: base.PyTree = None) -> base.Params:
         kernel = kernel.reshape(shape)
       out = {'kernel': kernel}
       for key, value in node.items():
-        if key not in FACTOR_NAMES:
+        if key not in names:
           out[key] = convert(value, _child(ref, key), f'{path}/{key}')
       return out
     return {key: convert(value, _child(ref, key), f'{path}/{key}'.lstrip('/'))

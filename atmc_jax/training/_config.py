@@ -14,7 +14,7 @@ command line switches all of them at once while explicit overrides still win.
 | ``nap`` | natural | fixed_support | dense | one-shot magnitude pruning, then natural fine-tuning |
 | ``ap`` | adversarial | fixed_support | dense | one-shot magnitude pruning, then adversarial fine-tuning |
 | ``al0`` | adversarial | l0 | dense | L0-projected adversarial training |
-| ``alr`` | adversarial | low_rank | dense | global singular-value truncation, then projected fine-tuning |
+| ``alr`` | adversarial | low_rank | dense, held as ``B·A`` factors | global singular-value truncation, then fine-tuning of the factors with the ranks fixed |
 | ``atmc32`` | adversarial | l0 | factorized | L0 projection over U, V, C |
 | ``atmc8`` | adversarial | atmc | factorized | L0 projection + ADMM k-means codebooks (8 bits) |
 
@@ -156,8 +156,9 @@ def validate_config(config: ml_collections.ConfigDict,
     _fail('weight_decay', config.weight_decay, 'a number >= 0')
   if any(e < 0 for e in config.lr_decay_epochs):
     _fail('lr_decay_epochs', config.lr_decay_epochs, 'epochs >= 0')
-  if config.num_val < 0:
-    _fail('num_val', config.num_val, 'an integer >= 0')
+  if config.num_val < 1:
+    _fail('num_val', config.num_val,
+          'an integer >= 1 (models are selected on the validation split)')
   if config.max_steps is not None and config.max_steps < 1:
     _fail('max_steps', config.max_steps, 'None or an integer >= 1')
   if config.checkpoint_every_steps < 1:

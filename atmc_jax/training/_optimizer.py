@@ -21,8 +21,10 @@ The compression transform wraps ``inner`` as the outermost transformation:
 * ``"l0"``: :func:`atmc_jax.optim.atmc` with ``bits=None`` (AL0 on a dense
   model, ATMC-32 on a factorized one);
 * ``"atmc"``: :func:`atmc_jax.optim.atmc` with ``bits`` (ATMC-8);
-* ``"low_rank"``: :func:`atmc_jax.optim.projected` onto fixed per-layer
-  ranks (ALR).
+* ``"low_rank"``: ``inner`` alone, on fixed-rank factor params ``B``, ``A``
+  per layer (ALR: the ranks are fixed by the factors' shapes, so no
+  projection is needed; the model is wrapped by
+  :class:`atmc_jax.models.LowRankModel`).
 
 The budget is ``k = floor(p * dense weight count)`` in every case.
 """
@@ -37,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from atmc_jax import models
 from atmc_jax import optim
 from atmc_jax import projections
 from atmc_jax._src import base
@@ -76,8 +79,11 @@ class Compression:
     budget: ``k`` (number of non-zeros allowed), or None for dense stages.
     bits: the codebook bits (``"atmc"`` only), or None.
     ranks: the fixed per-leaf ranks (``"low_rank"`` only), a pytree with
-      the params' structure: a Python int per selected leaf, None elsewhere.
+      the dense params' structure: a Python int per selected leaf, None
+      elsewhere.
     quantizer: the k-means method for ``"atmc"``.
+    dense_like: the dense params' shapes (``"low_rank"`` only), which the
+      factor model needs to form conv kernels.
   """
 
   kind: str
@@ -85,30 +91,28 @@ class Compression:
   bits: Optional[int] = None
   ranks: Any = None
   quantizer: str = 'lloyd'
+  dense_like: Any = None
 
   def deployable(self, params: base.Params) -> base.Params:
     """The exactly feasible model the stage deploys."""
-    if self.kind == 'none':
+    if self.kind in ('none', 'low_rank'):
       return params
-    if self.kind == 'low_rank':
-      return projections.project_low_rank(params, self.ranks)
     return optim.deployable_params(params, budget=self.budget,
                                    bits=self.bits if self.kind == 'atmc'
                                    else None,
                                    quantizer=self.quantizer)
 
+  def wrap_model(self, model):
+    """The model that runs this stage's params (ALR: on ``B``, ``A``)."""
+    if self.kind == 'low_rank':
+      return models.LowRankModel(model, self.dense_like)
+    return model
+
   def low_rank_bits(self, params: base.Params) -> Optional[int]:
     """ALR's real size ``32 * sum_l r_l (m_l + n_l)`` (None for others)."""
     if self.kind != 'low_rank':
       return None
-    total = 0
-    ranks = jax.tree.structure(params).flatten_up_to(self.ranks)
-    for r, p in zip(ranks, jax.tree.leaves(params)):
-      if r is not None and np.ndim(p) >= 2:
-        shape = np.shape(p)
-        m, n = shape[-1], int(np.prod(shape[:-1]))
-        total += int(r) * (m + n)
-    return 32 * total
+    return models.low_rank_bits(params)
 
 
 def prepare_compression(config, params: base.Params
@@ -117,7 +121,8 @@ def prepare_compression(config, params: base.Params
 
   ``"fixed_support"`` prunes to the budget by global magnitude;
   ``"low_rank"`` truncates the singular values globally, keeping the
-  fraction ``config.sparsity`` of them, and fixes the resulting ranks;
+  fraction ``config.sparsity`` of them, and replaces every kernel by its
+  factors ``B = U_r sqrt(S_r)``, ``A = sqrt(S_r) V_r^T`` (spec §4.3);
   ``"l0"``/``"atmc"`` project onto the budget (the first step would anyway).
 
   Args:
@@ -125,7 +130,8 @@ def prepare_compression(config, params: base.Params
     params: the warm-start params (for a factorized model: U, V, C).
 
   Returns:
-    ``(params, compression)``.
+    ``(params, compression)``; for ``"low_rank"`` the params are the factor
+    params that :meth:`Compression.wrap_model` runs.
   """
   kind = config.compression
   if kind == 'none':
@@ -134,9 +140,13 @@ def prepare_compression(config, params: base.Params
   if kind == 'low_rank':
     ranks = jax.tree.map(int, projections.low_rank_ranks(
         params, config.sparsity))
-    params = jax.jit(functools.partial(projections.project_low_rank,
-                                       rank=ranks))(params)
-    return params, Compression(kind, budget=budget, ranks=ranks)
+    b, a = jax.jit(functools.partial(projections.low_rank_factors,
+                                     rank=ranks))(params)
+    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
+                                                       np.asarray(x).dtype),
+                        params)
+    return models.to_low_rank(params, b, a), Compression(
+        kind, budget=budget, ranks=ranks, dense_like=like)
   params = jax.jit(functools.partial(projections.project_l0, k=budget))(
       params)
   bits = config.bits if kind == 'atmc' else None
@@ -167,16 +177,12 @@ def make_optimizer(config, params: base.Params, compression: Compression,
                          nesterov=False))
   inner = optax.chain(*parts)
   kind = compression.kind
-  if kind == 'none':
+  if kind in ('none', 'low_rank'):
     return inner
   if kind == 'fixed_support':
     support = jax.jit(functools.partial(
         optim.magnitude_support, budget=compression.budget))(params)
     return optim.fixed_support(inner, support)
-  if kind == 'low_rank':
-    return optim.projected(
-        inner, functools.partial(projections.project_low_rank,
-                                 rank=compression.ranks))
   return optim.atmc(inner, budget=compression.budget, bits=compression.bits,
                     rho=config.rho, admm_interval=config.admm_interval,
                     quantizer=config.quantizer)
