@@ -46,13 +46,19 @@ RESULT_FIELDS = (
     'p',  # the L0 budget as a fraction of the dense weight count; '' if dense
     'compression_ratio',  # compressed bits / dense bits (paper's accounting)
     'ta',  # clean test accuracy
-    'ata',  # test accuracy under the training PGD
+    'ata',  # test accuracy under the evaluation attack (config.eval.attack)
+    'ata_paper',  # test accuracy under the paper's protocol (BIM, K steps)
     'nnz',  # non-zero weights of the deployable model
     'bits',  # size of the deployable model in bits (paper's accounting)
+    'selected_step',  # the checkpoint selected on validation
+    'last_ta',  # TA of the last step (robust overfitting shows here)
+    'last_ata',  # ATA of the last step
+    'test_examples',  # number of test examples evaluated
     'wall_time_s',  # training wall time of the stage
 )
-_FLOAT_FIELDS = ('p', 'compression_ratio', 'ta', 'ata', 'wall_time_s')
-_INT_FIELDS = ('nnz', 'bits')
+_FLOAT_FIELDS = ('p', 'compression_ratio', 'ta', 'ata', 'ata_paper',
+                 'last_ta', 'last_ata', 'wall_time_s')
+_INT_FIELDS = ('nnz', 'bits', 'selected_step', 'test_examples')
 
 
 def method_label(method: str) -> str:
@@ -136,18 +142,24 @@ def _acc(x: Optional[float]) -> str:
       f'{x:.3f}')
 
 
+def _accuracies(r: Mapping[str, Any]) -> str:
+  return ' / '.join(_acc(r.get(k)) for k in ('ta', 'ata', 'ata_paper'))
+
+
 def _cr(x: Optional[float]) -> str:
   return '–' if x is None else f'{x:.3g}'
 
 
 def results_markdown(rows: Sequence[Mapping[str, Any]],
                      title: Optional[str] = None) -> str:
-  """A methods × p markdown table with ``TA / ATA`` cells and CR columns.
+  """A methods × p table with ``TA / ATA / ATA-paper`` cells and CR columns.
 
   Dense methods (NAT, DA; compression ratio 1) fill a ``dense`` column. For
-  each sparsity level p there is a ``TA / ATA`` column and a ``CR`` column
-  holding the compression ratio by the paper's accounting (which differs from
-  p for ATMC-8 and ALR).
+  each sparsity level p there is a ``TA / ATA / ATA-paper`` column and a
+  ``CR`` column holding the compression ratio by the paper's accounting
+  (which differs from p for ATMC-8 and ALR). ATA is the evaluation attack
+  (PGD-20 with random start in the shipped configs), ATA-paper the paper's
+  protocol (deterministic BIM with the training attack's steps).
 
   Args:
     rows: result rows (dicts with the keys of :data:`RESULT_FIELDS`).
@@ -167,7 +179,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
   if has_dense:
     header.append('dense')
   for p in ps:
-    header += [f'p = {p:g}: TA / ATA', 'CR']
+    header += [f'p = {p:g}: TA / ATA / ATA-paper', 'CR']
   lines = []
   if title:
     lines += [f'## {title}', '']
@@ -178,20 +190,27 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
     line = [method_label(m)]
     if has_dense:
       r = cell.get((m, None))
-      line.append(f'{_acc(r["ta"])} / {_acc(r["ata"])}' if r else '')
+      line.append(_accuracies(r) if r else '')
     for p in ps:
       r = cell.get((m, p))
       if r:
-        line += [f'{_acc(r["ta"])} / {_acc(r["ata"])}',
-                 _cr(r['compression_ratio'])]
+        line += [_accuracies(r), _cr(r['compression_ratio'])]
       else:
         line += ['', '']
     lines.append('| ' + ' | '.join(line) + ' |')
   lines.append('')
-  lines.append('TA: clean test accuracy; ATA: test accuracy under the '
-               'training PGD attack; CR: compressed bits / dense bits '
-               '(codebooks included, index storage, biases and BatchNorm '
-               'excluded).')
+  counts = sorted({r['test_examples'] for r in rows
+                   if r.get('test_examples')})
+  lines.append(
+      'TA: clean test accuracy; ATA: test accuracy under the evaluation '
+      'attack (PGD-20 with random start in the shipped configs); ATA-paper: '
+      "under the paper's protocol (deterministic BIM from the clean input, "
+      'K = the training attack\'s steps, step 1.25 eps / K); CR: compressed '
+      'bits / dense bits (codebooks included, index storage, biases and '
+      'BatchNorm excluded). Every model is the checkpoint selected on '
+      'validation ATA (clean accuracy for natural training).'
+      + (f' Test examples: {", ".join(f"{c:,}" for c in counts)}.'
+         if counts else ''))
   return '\n'.join(lines) + '\n'
 
 

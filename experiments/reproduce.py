@@ -154,12 +154,17 @@ def parse_sparsities(sparsities: str | float | Sequence[float]) -> list[float]:
 
 
 def plan_stages(methods: str | Sequence[str],
-                sparsities: str | Sequence[float]) -> list[Stage]:
+                sparsities: str | Sequence[float],
+                method_sparsities: Optional[Mapping[str, Any]] = None
+                ) -> list[Stage]:
   """Every stage needed for ``methods`` × ``sparsities``, parents first.
 
   Args:
     methods: method keys (see :data:`PARENTS`), as a list or ``'a,b'``.
     sparsities: the sparsity levels p (ignored by the dense methods).
+    method_sparsities: optional ``{method: levels}`` replacing
+      ``sparsities`` for those methods (e.g. ALR, whose p is the fraction of
+      singular values kept and lands at other compression ratios).
 
   Returns:
     The stages in an order where each stage comes after the one it starts
@@ -169,7 +174,10 @@ def plan_stages(methods: str | Sequence[str],
     ValueError: see :func:`parse_methods` and :func:`parse_sparsities`.
   """
   methods = parse_methods(methods)
-  needs_p = any(m not in _report.DENSE_METHODS for m in methods)
+  per_method = {parse_methods([m])[0]: parse_sparsities(v)
+                for m, v in dict(method_sparsities or {}).items()}
+  needs_p = any(m not in _report.DENSE_METHODS and m not in per_method
+                for m in methods)
   ps = parse_sparsities(sparsities) if needs_p else []
   if needs_p and not ps:
     raise ValueError(f'sparsities={sparsities!r} is empty but methods '
@@ -179,7 +187,7 @@ def plan_stages(methods: str | Sequence[str],
     if m in _report.DENSE_METHODS:
       wanted.append(Stage(m))
     else:
-      wanted.extend(Stage(m, p) for p in ps)
+      wanted.extend(Stage(m, p) for p in per_method.get(m, ps))
   ordered: list[Stage] = []
 
   def visit(stage):
@@ -439,8 +447,9 @@ def result_row(dataset: str, stage: Stage, stage_dir: str,
                summary: Mapping[str, Any]) -> dict[str, Any]:
   """The ``results.csv`` row of one finished stage.
 
-  TA, ATA, nnz, bits and the compression ratio are those ``train_and_evaluate``
-  measured on the stage's *deployable* model at the end of training (the
+  TA, ATA (evaluation attack), ATA-paper (the paper's protocol), nnz, bits
+  and the compression ratio are those ``train_and_evaluate`` measured on the
+  stage's *deployable* model at the checkpoint selected on validation (the
   compressed model the stage ships: exactly feasible for the L0 budget and,
   for ATMC-8, the per-tensor codebooks; for ALR, the rank-truncated model
   sized as ``32 * sum_l r_l (m_l + n_l)``); :func:`load_deployable` rebuilds
@@ -453,8 +462,13 @@ def result_row(dataset: str, stage: Stage, stage_dir: str,
       compression_ratio=summary.get('compression_ratio', 1.0),
       ta=_summary_value(summary, _TA_KEYS),
       ata=_summary_value(summary, _ATA_KEYS),
+      ata_paper=summary.get('ata_paper'),
       nnz=summary.get('nnz'),
       bits=summary.get('model_bits', summary.get('bits')),
+      selected_step=summary.get('selected_step'),
+      last_ta=summary.get('last_ta'),
+      last_ata=summary.get('last_ata'),
+      test_examples=summary.get('test_count'),
       wall_time_s=stage_wall_time(stage_dir, summary),
   )
 
@@ -513,8 +527,8 @@ def _resolve_init_from(stage_dir: str, init_from: str) -> str:
 def load_deployable(stage_dir: str) -> Deployed:
   """Rebuilds a finished stage's deployable model from its checkpoint.
 
-  Restores the latest checkpoint of ``stage_dir`` (the state the stage's test
-  evaluation used), rebuilds the stage's compression exactly as
+  Restores the checkpoint of ``stage_dir`` selected on validation (the
+  state the stage's test evaluation used), rebuilds the stage's compression exactly as
   ``train_and_evaluate`` did (budget ``floor(p * dense weight count)``,
   bits; ALR's ranks from the warm-start model) and applies it.
 
@@ -535,17 +549,19 @@ def load_deployable(stage_dir: str) -> Deployed:
   config = read_stage_config(stage_dir)
   spec = data.DATASETS[config.dataset]
   model = training.create_model(config, spec)
-  state, _ = training.restore_state_dict(stage_dir)
+  state, _ = training.restore_state_dict(stage_dir, best=True)
   params = state['params']
   batch_stats = state.get('batch_stats') or {}
   warm = params
   init_from = _resolve_init_from(stage_dir, config.get('init_from') or '')
   if config.compression == 'low_rank' and init_from:
-    # ALR's ranks are fixed from the warm-start (DA) model's spectrum.
+    # ALR's ranks are fixed from the warm-start (DA) model's spectrum; its
+    # checkpoint holds the factors B, A the model forms its kernels from.
     warm = training.restore_state_dict(
         init_from, best=bool(config.get('init_from_best')))[0]['params']
   _, compression = training.prepare_compression(config, warm)
-  dense_count = int(optim.dense_weight_count(params))
+  model = compression.wrap_model(model)
+  dense_count = int(optim.dense_weight_count(warm))
   deployable = jax.device_get(jax.jit(compression.deployable)(params))
   stats = optim.compression_stats(deployable, dense_count)
   size = {'nnz': int(stats['nnz']), 'model_bits': int(stats['bits']),
@@ -585,6 +601,7 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
   Args:
     grid: the grid config: ``base`` (a training config) or ``base_config``
       (a training config file), ``methods``, ``sparsities``,
+      ``method_sparsities`` (optional ``{method: levels}`` overrides),
       ``base_overrides``, ``stage_overrides``, ``atmc_bits``, ``title``,
       ``keep_going`` (on a stage's error, go on with the stages that do not
       depend on it).
@@ -603,7 +620,8 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
       when some stages failed (their error) or were skipped because a stage
       they start from failed. Without it, a stage's error propagates.
   """
-  stages = plan_stages(grid.methods, grid.sparsities)
+  stages = plan_stages(grid.methods, grid.sparsities,
+                       grid.get('method_sparsities'))
   train_fn = train_fn or _default_train_fn()
   os.makedirs(workdir, exist_ok=True)
   dataset = grid.base.dataset

@@ -34,7 +34,9 @@ def _tempdir(test_case):
 
 def _row(method, p, cr, ta, ata, nnz=10, bits=320, wall=1.0):
   return dict(dataset='synthetic', method=method, p=p, compression_ratio=cr,
-              ta=ta, ata=ata, nnz=nnz, bits=bits, wall_time_s=wall)
+              ta=ta, ata=ata, ata_paper=ata + 0.05, nnz=nnz, bits=bits,
+              selected_step=7, last_ta=ta - 0.01, last_ata=ata - 0.02,
+              test_examples=500, wall_time_s=wall)
 
 
 _ROWS = [
@@ -66,6 +68,17 @@ class PlanTest(parameterized.TestCase):
     self.assertEqual(by_method['nap'].parent, reproduce.Stage('natural'))
     self.assertEqual(by_method['alr'].parent, reproduce.Stage('da'))
     self.assertEqual(by_method['atmc32'].parent, reproduce.Stage('al0', 0.01))
+
+  def test_method_sparsities_override_the_levels(self):
+    stages = reproduce.plan_stages('da,al0,alr', '0.003,0.01',
+                                   {'alr': '0.05'})
+    self.assertEqual([s.name for s in stages],
+                     ['da', 'al0_p0.003', 'al0_p0.01', 'alr_p0.05'])
+    # Only overridden sparse methods: no global levels needed.
+    self.assertEqual([s.name for s in reproduce.plan_stages(
+        'alr', '', {'alr': [0.02]})], ['da', 'alr_p0.02'])
+    with self.assertRaisesRegex(ValueError, 'accepted'):
+      reproduce.plan_stages('alr', '0.01', {'alr': '2'})
 
   def test_dense_only_needs_no_sparsity(self):
     self.assertEqual([s.name for s in reproduce.plan_stages('natural,da', '')],
@@ -228,14 +241,17 @@ class ReportTest(absltest.TestCase):
   def test_markdown(self):
     md = _report.results_markdown(_ROWS, title='t')
     lines = [l for l in md.splitlines() if l.startswith('|')]
-    self.assertIn('| method | dense | p = 0.01: TA / ATA | CR | '
-                  'p = 0.1: TA / ATA | CR |', lines[0])
+    self.assertIn('| method | dense | p = 0.01: TA / ATA / ATA-paper | CR | '
+                  'p = 0.1: TA / ATA / ATA-paper | CR |', lines[0])
     body = lines[2:]
     self.assertEqual([l.split('|')[1].strip() for l in body],
                      ['NAT', 'DA', 'AL0', 'ATMC-8'])
-    self.assertIn('| ATMC-8 |  | 0.790 / 0.490 | 0.004 | 0.840 / 0.540 | '
-                  '0.03 |', body[3])
-    self.assertIn('| DA | 0.900 / 0.600 |', body[1])
+    self.assertIn('| ATMC-8 |  | 0.790 / 0.490 / 0.540 | 0.004 | '
+                  '0.840 / 0.540 / 0.590 | 0.03 |', body[3])
+    self.assertIn('| DA | 0.900 / 0.600 / 0.650 |', body[1])
+    self.assertIn('ATA-paper', md)
+    self.assertIn('Test examples: 500.', md)
+    self.assertNotIn('training PGD attack', md)
 
   def test_figure(self):
     stem = os.path.join(_tempdir(self), 'fig')

@@ -102,6 +102,59 @@ def test_best_checkpoint_is_the_best_validation_epoch(full_run):
   assert int(state['step']) == summary['best_step']
 
 
+def test_reports_the_checkpoint_selected_on_validation(tmp_path,
+                                                      monkeypatch):
+  """The last epoch ascends the loss: the summary reports an earlier step."""
+  from atmc_jax.training import _optimizer  # pylint: disable=g-import-not-at-top
+  steps_per_epoch = 16
+
+  def spiked(learning_rate, spe, decay_epochs, decay_factor=0.1):
+    del decay_epochs, decay_factor
+    assert spe == steps_per_epoch
+    return lambda count: jax.numpy.where(count < 2 * spe, learning_rate, -learning_rate)
+
+  monkeypatch.setattr(_optimizer, 'lr_schedule', spiked)
+  workdir = str(tmp_path / 'run')
+  # LeNet learns the synthetic templates within two epochs of clean
+  # training; selection is on clean validation accuracy for this stage.
+  config = tiny_config(num_epochs=3, stage='natural', model='lenet',
+                       dataset='fashion_mnist', learning_rate=0.05,
+                       synthetic_sizes=(288, 64), batch_size=16,
+                       checkpoint_every_steps=100)
+  summary = training.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  val = [r for r in records if r['split'] == 'val']
+  metric = 'val_deployable_accuracy'
+  assert summary['selection_metric'] == metric
+  best = max(r[metric] for r in val)
+  assert val[-1][metric] < best  # The spike made the last epoch worse.
+  assert summary['selected_step'] in [r['step'] for r in val
+                                      if r[metric] == best]
+  assert summary['selected_step'] < summary['last_step'] == 48
+  assert summary['selection_value'] == best
+  # The reported test numbers are the selected checkpoint's, not the last's.
+  state, meta = training.restore_state_dict(workdir, best=True)
+  assert meta['step'] == summary['selected_step']
+  applied = training.apply_stage(config)
+  spec = _loop.data.DATASETS[applied.dataset]
+  model = training.create_model(applied, spec)
+  images, labels = _loop.load_data(applied)['test']
+  logits = model.apply({'params': state['params']},
+                       images.astype(np.float32) / 255.0, train=False)
+  accuracy = float(np.mean(np.argmax(logits, -1) == labels))
+  assert summary['test_accuracy'] == pytest.approx(accuracy, abs=1e-6)
+  assert summary['ta'] == summary['test_deployable_accuracy']
+  assert summary['ta'] > summary['last_ta']
+  assert [r['split'] for r in records][-1] == 'test'
+  assert records[-1]['step'] == summary['selected_step']
+  # The paper-protocol ATA is reported beside PGD-20's.
+  assert 0.0 <= summary['ata_paper'] <= summary['ta']
+  assert summary['paper_attack']['random_start'] is False
+  assert summary['paper_attack']['step_size'] == pytest.approx(
+      1.25 * config.eval.attack.epsilon / config.train_attack.num_steps)
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
   workdir, summary = full_run
   resumed = str(tmp_path / 'resumed')
@@ -146,7 +199,7 @@ def _warm_started(stage, init_from):
 def test_warm_start_factorizes_a_dense_run(full_run):
   workdir, _ = full_run
   model, spec, params, stats = _warm_started('atmc32', workdir)
-  source, _ = training.restore_state_dict(workdir)
+  source, _ = training.restore_state_dict(workdir, best=True)
   chex.assert_trees_all_close(
       models.materialize(params, like=source['params']), source['params'],
       atol=1e-6)
@@ -178,7 +231,7 @@ def test_warm_start_materializes_a_factorized_run(full_run, tmp_path):
                      np.zeros((1, 32, 32, 3), np.float32))['params']
   chex.assert_trees_all_equal_shapes(params, fresh)
   # The dense model computes the factorized run's function.
-  source, _ = training.restore_state_dict(factorized_dir)
+  source, _ = training.restore_state_dict(factorized_dir, best=True)
   factorized_model = training.create_model(
       training.apply_stage(tiny_config(stage='atmc32')), spec)
   x = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)

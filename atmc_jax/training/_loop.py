@@ -177,6 +177,20 @@ def _attack_kwargs(attack) -> dict[str, Any]:
   return kw
 
 
+def paper_attack_kwargs(config) -> dict[str, Any]:
+  """The paper's evaluation attack (spec §2.3): deterministic BIM.
+
+  ``K = config.train_attack.num_steps`` signed steps of ``1.25 * eps / K``
+  from the clean input (no random start, one restart), at the evaluation
+  attack's epsilon and norm: the attack the paper trains with and reports.
+  """
+  epsilon = float(config.eval.attack.epsilon)
+  num_steps = int(config.train_attack.num_steps)
+  return dict(epsilon=epsilon, num_steps=num_steps,
+              norm=config.eval.attack.norm, random_start=False,
+              step_size=attacks.reference_step_size(epsilon, num_steps))
+
+
 class _Evaluator:
   """Clean and PGD accuracy of replicated params over a whole split."""
 
@@ -294,6 +308,25 @@ def _check_finite(pending, workdir, checkpoints):
           for s, m in zip(steps, fetched)]
 
 
+def _trees_equal(a, b) -> bool:
+  """Whether two host pytrees have the same structure and equal leaves."""
+  if jax.tree.structure(a) != jax.tree.structure(b):
+    return False
+  return all(np.array_equal(np.asarray(x), np.asarray(y))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _best_value(metrics_path, metric, step):
+  """The validation ``metric`` recorded at ``step`` in ``metrics.jsonl``."""
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      for line in f:
+        record = json.loads(line)
+        if record.get('split') == 'val' and record.get('step') == step:
+          return record.get(metric)
+  return None
+
+
 def _write_json(path, obj):
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -367,6 +400,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   params, batch_stats = init_variables(config, model, spec, init_key)
   dense_count = int(optim.dense_weight_count(params))
   params, compression = _optimizer.prepare_compression(config, params)
+  model = compression.wrap_model(model)
   params = jax.device_get(params)
   tx = _optimizer.make_optimizer(config, params, compression,
                                  steps_per_epoch)
@@ -389,30 +423,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Steps.
   train_attack = _attack_kwargs(config.train_attack)
   eval_attack = _attack_kwargs(config.eval.attack)
+  paper_attack = paper_attack_kwargs(config)
   p_train = parallel.pmap_train_step(_steps.make_train_step(
       model, tx, loss=config.loss, attack=train_attack,
       attack_bn_mode=config.attack_bn_mode), devices=devices)
-  p_eval = parallel.pmap_eval_step(
-      _steps.make_eval_step(model, attack=eval_attack), devices=devices)
-  evaluate = _Evaluator(config, model, p_eval, devices)
+  evaluate = _Evaluator(config, model, parallel.pmap_eval_step(
+      _steps.make_eval_step(model, attack=eval_attack), devices=devices),
+                        devices)
+  evaluate_paper = _Evaluator(config, model, parallel.pmap_eval_step(
+      _steps.make_eval_step(model, attack=paper_attack), devices=devices),
+                              devices)
   rstate = parallel.replicate(state, devices)
 
-  def evaluate_all(host_state, split_name, epoch):
-    params_r = rstate.params
-    stats_r = rstate.batch_stats
+  def evaluate_all(host_state, split_name, epoch, *, paper=False):
+    """Metrics of the trained and the deployable params on one split.
+
+    The deployable params are evaluated separately only where they differ
+    from the trained ones (ATMC-8's codebook projection); elsewhere the
+    trained model's numbers are reused. ``paper`` adds the paper-protocol
+    ATA (:func:`paper_attack_kwargs`) of the deployable params.
+    """
+    params_r = parallel.replicate(host_state.params, devices)
+    stats_r = parallel.replicate(host_state.batch_stats, devices)
     ekey = jax.random.fold_in(eval_key, epoch)
-    out = {}
-    trained = evaluate(params_r, stats_r, splits[split_name], ekey,
-                       desc=f'{split_name} (trained)')
+    split = splits[split_name]
     deployable = jax.device_get(deployable_fn(host_state.params))
-    dep = evaluate(parallel.replicate(deployable, devices), stats_r,
-                   splits[split_name], ekey, desc=f'{split_name} (deployable)')
+    same = _trees_equal(deployable, host_state.params)
+    trained = evaluate(params_r, stats_r, split, ekey,
+                       desc=f'{split_name} (trained)')
+    dep_r = params_r if same else parallel.replicate(deployable, devices)
+    dep = trained if same else evaluate(
+        dep_r, stats_r, split, ekey, desc=f'{split_name} (deployable)')
+    out = {}
     for k in ('accuracy', 'adv_accuracy'):
       out[f'{split_name}_{k}'] = trained[k]
       out[f'{split_name}_deployable_{k}'] = dep[k]
+    if paper:
+      out[f'{split_name}_deployable_paper_adv_accuracy'] = evaluate_paper(
+          dep_r, stats_r, split, ekey,
+          desc=f'{split_name} (paper attack)')['adv_accuracy']
+    out[f'{split_name}_count'] = trained['count']
     out.update(_size_stats(compression, deployable, dense_count))
     return out, deployable
-
 
   def meta(step):
     return {'step': int(step), 'epoch': int(step) // steps_per_epoch,
@@ -512,9 +564,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  'resume.', step, total_steps)
     return {'status': 'stopped', 'steps': step, 'total_steps': total_steps}
 
-  # Final test evaluation.
-  host_state = parallel.unreplicate(rstate)
-  results, deployable = evaluate_all(host_state, 'test', config.num_epochs)
+  # Final test evaluation: the checkpoint selected on validation, and the
+  # last state (``last_*``: robust overfitting stays visible).
+  last_state = parallel.unreplicate(rstate)
+  selected_state, selected_meta = checkpoints.restore_best(last_state)
+  if selected_state is None:  # No epoch finished in this process's run.
+    selected_state, selected_meta = last_state, meta(step)
+  selected_step = int(selected_meta['step'])
+  results, deployable = evaluate_all(selected_state, 'test',
+                                     config.num_epochs, paper=True)
+  if selected_step == step:
+    last_results = results
+  else:
+    last_results, _ = evaluate_all(last_state, 'test', config.num_epochs,
+                                   paper=True)
+  host_state = selected_state
   summary = {
       'status': 'finished', 'stage': config.stage, 'dataset': config.dataset,
       'model': config.model, 'factorized': bool(config.factorized),
@@ -524,9 +588,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       **results,
       'ta': results['test_deployable_accuracy'],
       'ata': results['test_deployable_adv_accuracy'],
+      'ata_paper': results['test_deployable_paper_adv_accuracy'],
+      'selected_step': selected_step,
+      'selection_metric': best_metric,
+      'selection_value': _best_value(metrics_path, best_metric,
+                                     selected_step),
+      **{f'last_{k}': v for k, v in last_results.items()},
+      'last_ta': last_results['test_deployable_accuracy'],
+      'last_ata': last_results['test_deployable_adv_accuracy'],
+      'last_ata_paper': last_results['test_deployable_paper_adv_accuracy'],
+      'last_step': step,
       'eval_attack': eval_attack, 'train_attack': train_attack,
+      'paper_attack': paper_attack,
       'steps': step, 'epochs': config.num_epochs,
-      'best_step': checkpoints.best_step(),
+      'best_step': selected_step,
       'train_time_s': train_time,
       'examples_per_s': (trained_steps * config.batch_size / train_time
                          if train_time > 0 else float('nan')),
@@ -539,13 +614,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   summary['wall_time_s'] = time.time() - wall_start
   if is_main:
     with open(metrics_path, 'a') as f:
-      f.write(json.dumps(dict(step=step, epoch=config.num_epochs,
+      f.write(json.dumps(dict(step=selected_step, epoch=config.num_epochs,
                               split='test', **results),
                          default=_json_default) + '\n')
     _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
   checkpoints.close()
-  logging.info('test TA %.4f ATA %.4f (deployable %.4f / %.4f), CR %s',
-               results['test_accuracy'], results['test_adv_accuracy'],
-               summary['ta'], summary['ata'],
-               results.get('compression_ratio'))
+  logging.info('test (step %d, selected on %s): TA %.4f ATA %.4f '
+               '(deployable %.4f / %.4f, paper protocol %.4f), CR %s',
+               selected_step, best_metric, results['test_accuracy'],
+               results['test_adv_accuracy'], summary['ta'], summary['ata'],
+               summary['ata_paper'], results.get('compression_ratio'))
   return summary

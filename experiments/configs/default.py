@@ -43,11 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.rho = 0.1
   config.admm_interval = 10
   config.quantizer = 'lloyd'
-  # Warm start: the workdir of another stage ('' = random init). Its latest
-  # checkpoint (the best-on-validation one with init_from_best) is loaded;
-  # dense params are factorized when this stage's model is factorized.
+  # Warm start: the workdir of another stage ('' = random init). Its
+  # checkpoint selected on validation is loaded (its latest one with
+  # init_from_best=False); dense params are factorized when this stage's
+  # model is factorized.
   config.init_from = ''
-  config.init_from_best = False
+  config.init_from_best = True
   # Pruning / truncation stages (nap, ap, alr) expect init_from; set this to
   # prune a random init instead (tests, smoke runs).
   config.allow_random_init = False
