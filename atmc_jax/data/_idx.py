@@ -6,6 +6,8 @@ multi-byte types). Files may be gzip-compressed (``.gz``).
 
 The Debian package ``dataset-fashion-mnist`` installs the Fashion-MNIST files
 under ``/usr/share/datasets/fashion-mnist/``; :func:`find_idx_dir` finds them.
+``make mnist`` (``python -m experiments.get_mnist``) installs the verified
+MNIST files under :func:`cache_dir` ``/mnist``.
 """
 
 import gzip
@@ -16,6 +18,18 @@ import zlib
 import numpy as np
 
 DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+CACHE_ENV = 'ATMC_JAX_DATA'
+
+
+def cache_dir() -> str:
+  """atmc_jax's data cache: ``$ATMC_JAX_DATA``, else ``~/.cache/atmc_jax``.
+
+  Datasets installed by the project's commands live in a sub-directory per
+  dataset (``<cache_dir>/mnist``); they are looked at only when no
+  ``data_dir`` is given.
+  """
+  return os.environ.get(CACHE_ENV) or os.path.join(
+      os.path.expanduser('~'), '.cache', 'atmc_jax')
 
 IDX_SPLITS = ('train', 'test')
 _SPLIT_PREFIX = {'train': 'train', 'test': 't10k'}
@@ -84,7 +98,7 @@ def read_idx(path: str) -> np.ndarray:
   return arr.astype(dtype.newbyteorder('='))
 
 
-def _idx_stems(split: str) -> tuple[str, str]:
+def idx_stems(split: str) -> tuple[str, str]:
   prefix = _SPLIT_PREFIX[split]
   return f'{prefix}-images-idx3-ubyte', f'{prefix}-labels-idx1-ubyte'
 
@@ -114,7 +128,7 @@ def has_idx_split(data_dir: Optional[str], split: str) -> bool:
     raise ValueError(f'split={split!r}; accepted: {list(IDX_SPLITS)}.')
   if not data_dir:
     return False
-  return all(_existing(data_dir, stem) for stem in _idx_stems(split))
+  return all(_existing(data_dir, stem) for stem in idx_stems(split))
 
 
 def load_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +150,7 @@ def load_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """
   if split not in _SPLIT_PREFIX:
     raise ValueError(f'split={split!r}; accepted: {list(IDX_SPLITS)}.')
-  image_stem, label_stem = _idx_stems(split)
+  image_stem, label_stem = idx_stems(split)
   images = read_idx(_find_file(data_dir, image_stem))
   labels = read_idx(_find_file(data_dir, label_stem))
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
