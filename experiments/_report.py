@@ -177,7 +177,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
   has_dense = any(r.get('p') is None for r in rows)
   header = ['method']
   if has_dense:
-    header.append('dense')
+    header.append('dense: TA / ATA / ATA-paper')
   for p in ps:
     header += [f'p = {p:g}: TA / ATA / ATA-paper', 'CR']
   lines = []

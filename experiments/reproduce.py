@@ -60,6 +60,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from experiments import _logs
 from experiments import _report
 
 # Method key -> the method whose finished model it starts from (None: random).
@@ -671,6 +672,7 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  _logs.quiet_libraries(not flags.FLAGS.library_logs)
   config = flags.FLAGS.config
   methods, sparsities = flags.FLAGS.methods, flags.FLAGS.sparsities
   if 'methods' in config:  # A grid config.
@@ -684,7 +686,36 @@ def main(argv: Sequence[str]) -> None:
     path = config_flags.get_config_filename(flags.FLAGS['config'])
     grid = grid_from_training_config(path, config, methods, sparsities)
   rows = reproduce(grid, flags.FLAGS.workdir)
-  print(_report.results_markdown(rows))
+  print(closing_summary(rows, flags.FLAGS.workdir,
+                        grid.get('title') or grid.base.dataset))
+
+
+def closing_summary(rows: Sequence[Mapping[str, Any]], workdir: str,
+                    title: str) -> str:
+  """The plain-language end of a run: what was trained, where, what next."""
+  labels = ', '.join(dict.fromkeys(_report.method_label(r['method'])
+                                   for r in _report.sort_rows(rows)))
+  return '\n'.join([
+      '',
+      f'Trained and evaluated {len(rows)} models ({labels}): {title}.',
+      'Each was selected on the validation split and tested on held-out '
+      'test images.',
+      '',
+      _report.results_markdown(rows),
+      f'Files: {workdir}/results.csv, results.md, results.png (the figure); '
+      f'one folder per stage in {workdir}/ with summary.json, metrics.jsonl '
+      'and its checkpoints. Rerunning the same command skips finished '
+      'stages.',
+      'Next:',
+      f'  python -m experiments.evaluate_attacks --workdir {workdir}'
+      '    # other attacks and the strong suite',
+      '  python -m experiments.reproduce --config '
+      'experiments/configs/fmnist_grid.py --workdir runs/grid'
+      '    # every method at 4 sparsities',
+      '  make mnist && python -m experiments.reproduce --config '
+      'experiments/configs/mnist_paper.py --workdir runs/mnist'
+      "    # the paper's MNIST panel",
+      ''])
 
 
 if __name__ == '__main__':
@@ -700,5 +731,7 @@ if __name__ == '__main__':
                       'the config): natural,da,nap,ap,al0,alr,atmc32,atmc8.')
   flags.DEFINE_string('sparsities', None, 'Comma-separated sparsity levels p '
                       '(overrides the config).')
+  flags.DEFINE_bool('library_logs', False, 'Also show the INFO/WARNING log '
+                    'lines of the libraries (orbax, ...).')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -19,18 +19,22 @@ from absl import logging
 from ml_collections import config_flags
 
 from atmc_jax.training import parallel
+from experiments import _logs
 
 FLAGS = flags.FLAGS
 
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
 config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file.', lock_config=True)
+flags.DEFINE_bool('library_logs', False, 'Also show the INFO/WARNING log '
+                  'lines of the libraries (orbax, ...).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
+  _logs.quiet_libraries(not FLAGS.library_logs)
   parallel.initialize_distributed()
   # Imported after the distributed runtime is up.
   from atmc_jax import training  # pylint: disable=g-import-not-at-top

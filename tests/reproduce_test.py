@@ -241,7 +241,8 @@ class ReportTest(absltest.TestCase):
   def test_markdown(self):
     md = _report.results_markdown(_ROWS, title='t')
     lines = [l for l in md.splitlines() if l.startswith('|')]
-    self.assertIn('| method | dense | p = 0.01: TA / ATA / ATA-paper | CR | '
+    self.assertIn('| method | dense: TA / ATA / ATA-paper | '
+                  'p = 0.01: TA / ATA / ATA-paper | CR | '
                   'p = 0.1: TA / ATA / ATA-paper | CR |', lines[0])
     body = lines[2:]
     self.assertEqual([l.split('|')[1].strip() for l in body],
@@ -252,6 +253,16 @@ class ReportTest(absltest.TestCase):
     self.assertIn('ATA-paper', md)
     self.assertIn('Test examples: 500.', md)
     self.assertNotIn('training PGD attack', md)
+
+  def test_closing_summary_says_what_where_and_next(self):
+    text = reproduce.closing_summary(_ROWS, 'runs/x', 'Fashion-MNIST')
+    self.assertIn('Trained and evaluated 6 models (NAT, DA, AL0, ATMC-8): '
+                  'Fashion-MNIST.', text)
+    self.assertIn(_report.results_markdown(_ROWS), text)
+    self.assertIn('runs/x/results.csv', text)
+    self.assertIn('python -m experiments.evaluate_attacks --workdir runs/x',
+                  text)
+    self.assertIn('make mnist', text)
 
   def test_figure(self):
     stem = os.path.join(_tempdir(self), 'fig')
