@@ -14,9 +14,10 @@ The JSON object maps each measurement's name to a record
 ratios against the targets, notes).
 
 Names: ``lenet/{plain_step, pgd7_step, atmc32_step, atmc8_step_amortised,
-eval_pgd20}``, ``lenet/{plain_step, pgd7_step}/torch``,
-``resnet34/{plain_step, pgd7_step, atmc32_step, atmc8_step_amortised,
-eval_pgd20}``, ``parallel/{single_step, pmap8_step}``, and whatever
+eval_pgd20, eval_pgd20_factorized}``, ``lenet/{plain_step,
+pgd7_step}/torch``, ``resnet34/{plain_step, pgd7_step, atmc32_step,
+atmc8_step_amortised, eval_pgd20, eval_pgd20_factorized}``,
+``parallel/{single_step, pmap8_step}``, and whatever
 ``benchmarks/projections.py`` and ``benchmarks/models.py`` report
 (``lenet/project_l0``, ``lenet/project_quantize``, ...).
 
@@ -280,9 +281,11 @@ def run_model(suite: Suite, model: str, quick: bool, batch: int,
                       model, 'atmc8_step_amortised', batch_size=batch,
                       n=reps['atmc8_step_amortised'], warmup=1, block=10,
                       peak_gflops=peak, cost_analysis=False))
-  suite.measure(f'{model}/eval_pgd20', lambda: steps.time_eval_step(
-      model, batch_size=batch, n=reps['eval_pgd20'], peak_gflops=peak,
-      cost_analysis=not slow))
+  for name, factorized in (('eval_pgd20', False),
+                           ('eval_pgd20_factorized', True)):
+    suite.measure(f'{model}/{name}', lambda f=factorized: steps.time_eval_step(
+        model, batch_size=batch, n=reps['eval_pgd20'], peak_gflops=peak,
+        cost_analysis=not slow, factorized=f))
 
 
 def target_ratios(results: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ Benchmarked steps (names as in the results file, ``<model>/<name>``):
 * ``atmc8_step_amortised``: stage ``atmc8`` (plus the ADMM penalty, and a
   k-means quantisation of every factor once every ``admm_interval = 10``
   steps): one repetition is 10 consecutive steps, reported divided by 10;
-* ``eval_pgd20``: the evaluation step (clean accuracy + PGD-20 accuracy).
+* ``eval_pgd20``: the evaluation step (clean accuracy + PGD-20 accuracy);
+* ``eval_pgd20_factorized``: the same on the U·V+C model.
 
 The synthetic batch is put on the device once; input loading is not timed.
 """
@@ -362,9 +363,15 @@ def time_atmc8_components(model: str, *, batch_size: int,
 
 def time_eval_step(model: str, *, batch_size: int, n: int, warmup: int = 1,
                    peak_gflops: Optional[float] = None,
-                   cost_analysis: bool = True) -> dict[str, Any]:
-  """Times the PGD-20 evaluation step; adds ``examples_per_s``."""
-  config = make_config(model, 'da', batch_size=batch_size)
+                   cost_analysis: bool = True,
+                   factorized: bool = False) -> dict[str, Any]:
+  """Times the PGD-20 evaluation step; adds ``examples_per_s``.
+
+  ``factorized`` evaluates the U·V+C model (stage ``atmc32``) instead of the
+  dense one (stage ``da``); the step runs it as its dense twin.
+  """
+  config = make_config(model, 'atmc32' if factorized else 'da',
+                       batch_size=batch_size)
   bench = build_eval_step(config)
   start = time.perf_counter()
   jax.block_until_ready(bench.step())
@@ -384,7 +391,8 @@ def time_eval_step(model: str, *, batch_size: int, n: int, warmup: int = 1,
   record.update(_stability(times))
   record['batch'] = batch_size
   record['note'] = (f'clean + PGD-{int(config.eval.attack.num_steps)} '
-                    f'accuracy, batch {batch_size}')
+                    f'accuracy, batch {batch_size}'
+                    + (', factorized model' if factorized else ''))
   return record
 
 

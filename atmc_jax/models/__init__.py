@@ -3,12 +3,14 @@
 Every model takes NHWC images in ``[0, 1]`` (normalisation happens inside,
 from the ``mean``/``std`` attributes) and has a dense and a factorized
 variant (``factorized=True``) with the same module names, so
-:func:`factorize` and :func:`materialize` convert params between them.
-:class:`LowRankModel` runs a dense model on fixed-rank factors ``B·A`` (the
-ALR baseline).
+:func:`factorize` and :func:`materialize` convert params between them;
+:func:`dense_twin` gives the dense model and params computing what a
+factorized model computes. :class:`LowRankModel` runs a dense model on
+fixed-rank factors ``B·A`` (the ALR baseline).
 """
 
 from atmc_jax.models._conv_pool import conv2d_max_pool
+from atmc_jax.models._dense_twin import dense_twin
 from atmc_jax.models._factorized import compose
 from atmc_jax.models._factorized import factor_shapes
 from atmc_jax.models._factorized import factorize
