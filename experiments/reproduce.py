@@ -495,11 +495,16 @@ class Deployed:
   size: dict[str, Any]
 
   def logits_fn(self) -> Callable[[Any], Any]:
-    """``x -> logits`` in inference mode, for the attacks."""
-    import jax  # pylint: disable=g-import-not-at-top
+    """``x -> logits`` in inference mode, for the attacks.
+
+    A factorized model runs as its dense twin, its matrices formed once.
+    """
+    from atmc_jax import data  # pylint: disable=g-import-not-at-top
     from atmc_jax import training  # pylint: disable=g-import-not-at-top
-    return jax.tree_util.Partial(training.make_logits_fn(
-        self.model, self.params, self.batch_stats))
+    spec = data.DATASETS[self.config.dataset]
+    return training.logits_partial(self.model, self.params,
+                                   self.batch_stats,
+                                   image_shape=spec.image_shape)
 
 
 def read_stage_config(stage_dir: str) -> ml_collections.ConfigDict:

@@ -21,5 +21,6 @@ from atmc_jax.training._optimizer import make_optimizer
 from atmc_jax.training._optimizer import prepare_compression
 from atmc_jax.training._state import TrainState
 from atmc_jax.training._steps import make_eval_step
+from atmc_jax.training._steps import logits_partial
 from atmc_jax.training._steps import make_logits_fn
 from atmc_jax.training._steps import make_train_step

@@ -249,8 +249,8 @@ def _strong_eval(config, model, params, batch_stats, split, key):
       'apgd_ce': functools.partial(attacks.apgd, num_steps=strong.apgd_steps,
                                    **base_kw),
   }
-  logits_fn = jax.tree_util.Partial(
-      _steps.make_logits_fn(model, params, batch_stats))
+  logits_fn = _steps.logits_partial(model, params, batch_stats,
+                                    image_shape=split[0].shape[1:])
 
   def unpadded():
     for batch in data.iterate_batches(

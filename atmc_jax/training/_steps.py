@@ -18,9 +18,13 @@ with :math:`x^{adv}` from PGD on the current weights. PGD crafts with
 BatchNorm in inference mode (running statistics) by default;
 ``attack_bn_mode="train"`` reproduces the reference's crafting in train mode
 (batch statistics, dropout on; the running statistics are not updated by the
-attack passes, unlike the reference).
+attack passes, unlike the reference). The attack (and the evaluation) of a
+factorized model runs on its dense twin (:func:`make_logits_fn`): the
+matrices ``W = U·V + C`` are formed once per step, not once per attack
+iteration; the training passes still differentiate through the factors.
 """
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
@@ -29,6 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from atmc_jax import attacks
+from atmc_jax import models
 from atmc_jax.training import _state
 
 AXIS_NAME = 'batch'
@@ -47,21 +52,85 @@ def _device_key(key, step):
   return jax.random.fold_in(key, lax.axis_index(AXIS_NAME))
 
 
-def make_logits_fn(model, params, batch_stats, *, train: bool = False,
-                   dropout_key=None) -> Callable[[jax.Array], jax.Array]:
-  """The closure ``x -> logits`` an attack needs.
+def _inference_twin(model, params, image_shape):
+  """The dense model and params an attack runs (factors formed once)."""
+  if isinstance(model, models.LowRankModel):
+    return models.dense_twin(model, params, image_shape or ())
+  if getattr(model, 'factorized', False):
+    if image_shape is None:
+      raise ValueError(
+          'image_shape=None for a factorized model; accepted: one input '
+          'image\'s shape (H, W, C).')
+    return models.dense_twin(model, params, image_shape)
+  return model, params
+
+
+@dataclasses.dataclass(frozen=True)
+class _InferenceApply:
+  """``(params, batch_stats, x) -> logits`` of a model in inference mode.
+
+  Hashable and equal for equal models, so a ``jax.tree_util.Partial`` over
+  it with the params as arguments compiles once per architecture.
+  """
+
+  model: Any
+
+  def __call__(self, params, batch_stats, x):
+    return self.model.apply({'params': params, 'batch_stats': batch_stats},
+                            x, train=False)
+
+
+def logits_partial(model, params, batch_stats, *, image_shape=None
+                   ) -> jax.tree_util.Partial:
+  """``x -> logits`` (inference mode) as a ``jax.tree_util.Partial``.
+
+  The params and BatchNorm statistics are the Partial's arguments, so they
+  are traced, not baked into the compiled attack as constants: attacking
+  another model of the same architecture reuses the compiled code. A
+  factorized model runs as its dense twin, as in :func:`make_logits_fn`.
 
   Args:
     model: a Flax Linen model taking ``[0, 1]`` NHWC images.
     params: its parameters.
     batch_stats: its BatchNorm statistics (``{}`` without BatchNorm).
+    image_shape: one input image's shape; required for a factorized model.
+
+  Returns:
+    A ``jax.tree_util.Partial`` to pass as an attack's ``logits_fn``.
+  """
+  model, params = _inference_twin(model, params, image_shape)
+  return jax.tree_util.Partial(_InferenceApply(model), params, batch_stats)
+
+
+def make_logits_fn(model, params, batch_stats, *, image_shape=None,
+                   train: bool = False,
+                   dropout_key=None) -> Callable[[jax.Array], jax.Array]:
+  """The closure ``x -> logits`` an attack (or an evaluation) needs.
+
+  The closure never differentiates with respect to ``params``, so a
+  factorized model runs as its dense twin (:func:`atmc_jax.models.dense_twin`):
+  every ``W = U·V + C`` is formed once, here, instead of in every call (an
+  attack calls the closure once per iteration). The logits are those of
+  ``model`` up to the float rounding of the matrices' layout; a dense model
+  runs as it is.
+
+  Args:
+    model: a Flax Linen model taking ``[0, 1]`` NHWC images.
+    params: its parameters.
+    batch_stats: its BatchNorm statistics (``{}`` without BatchNorm).
+    image_shape: one input image's shape ``(H, W, C)``; required for a
+      factorized model (it fixes the conv kernels' layout), unused otherwise.
     train: BatchNorm with batch statistics (and dropout on) when True; the
       running statistics are read but never updated.
     dropout_key: the dropout key, needed when ``train`` is True.
 
   Returns:
     ``logits_fn(x) -> logits``.
+
+  Raises:
+    ValueError: a factorized ``model`` without ``image_shape``.
   """
+  model, params = _inference_twin(model, params, image_shape)
   variables = {'params': params, 'batch_stats': batch_stats}
   if not train:
     return lambda x: model.apply(variables, x, train=False)
@@ -121,7 +190,7 @@ def make_train_step(model, tx: optax.GradientTransformation, *,
     x_adv = None
     if loss != 'natural':
       logits_fn = make_logits_fn(
-          model, state.params, state.batch_stats,
+          model, state.params, state.batch_stats, image_shape=x.shape[1:],
           train=attack_bn_mode == 'train', dropout_key=attack_drop_key)
       x_adv = lax.stop_gradient(
           attacks.pgd(logits_fn, x, y, attack_key, **attack))
@@ -181,7 +250,8 @@ def make_eval_step(model, *, attack: Mapping[str, Any] | None) -> StepFn:
     mask = batch.get('mask')
     mask = (jnp.ones(y.shape, jnp.float32) if mask is None
             else mask.astype(jnp.float32))
-    logits_fn = make_logits_fn(model, params, batch_stats)
+    logits_fn = make_logits_fn(model, params, batch_stats,
+                               image_shape=x.shape[1:])
     clean = (jnp.argmax(logits_fn(x), -1) == y).astype(jnp.float32)
     counts = {'count': jnp.sum(mask),
               'clean_correct': jnp.sum(clean * mask)}
