@@ -85,6 +85,27 @@ def _remove_zero(full: jax.Array, z: jax.Array) -> jax.Array:
   return full[jnp.where(i < z, i, i + 1)]
 
 
+def quantile_ranks(m: jax.Array, n_levels: int) -> jax.Array:
+  """``floor((2 j + 1) m / (2 K))`` for ``j < K``, exact in int32.
+
+  ``K = n_levels`` is a power of two ``<= 2**16`` and ``0 <= m < 2**31``;
+  the direct product ``(2 K - 1) m`` overflows int32 once it reaches
+  ``2**31``, so the product is split into parts that each stay below it.
+  """
+  e = int(n_levels).bit_length()              # 2 K = 2**e
+  a = 2 * jnp.arange(n_levels, dtype=jnp.int32) + 1   # a < 2**e
+  m = jnp.asarray(m, jnp.int32)
+  m_hi = jnp.right_shift(m, e)                # m = m_hi 2**e + m_lo
+  m_lo = jnp.bitwise_and(m, (1 << e) - 1)
+  h = (e + 1) // 2                            # m_lo = lo_hi 2**h + lo_lo
+  lo_hi = jnp.right_shift(m_lo, h)
+  lo_lo = jnp.bitwise_and(m_lo, (1 << h) - 1)
+  # a m_hi <= m; a lo_hi < 2**(2e - h) and a lo_lo < 2**(e + h), both
+  # <= 2**26 for e <= 17.
+  part = a * lo_hi + jnp.right_shift(a * lo_lo, h)
+  return a * m_hi + jnp.right_shift(part, e - h)
+
+
 def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
   """Free centres (sorted) after Lloyd iterations on sorted values ``s``."""
   n = s.shape[0]
@@ -100,8 +121,7 @@ def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
     return s[jnp.where(rank < n_neg, rank, rank + n_zero)]
 
   if init == 'quantile':
-    j = jnp.arange(n_levels)
-    rank = ((2 * j + 1) * m) // (2 * n_levels)
+    rank = quantile_ranks(m, n_levels)
     c0 = nonzero_at(jnp.clip(rank, 0, jnp.maximum(m - 1, 0)))
   else:  # forgy: values at n_levels distinct random non-zero positions
     u = jax.random.uniform(key, (n,))
