@@ -25,6 +25,7 @@ import numpy as np
 
 from atmc_jax._src import base
 from atmc_jax._src import tree_utils
+from atmc_jax.projections import _sums
 
 _METHODS = ('lloyd', 'optimal')
 _INITS = ('quantile', 'forgy')
@@ -112,7 +113,7 @@ def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
   nonzero = s != 0
   pc = jnp.concatenate([jnp.zeros((1,), jnp.int32),
                         jnp.cumsum(nonzero, dtype=jnp.int32)])
-  ps = jnp.concatenate([jnp.zeros((1,), s.dtype), jnp.cumsum(s)])
+  ps = _sums.compensated_cumsum(s)
   m = pc[-1]                                     # number of non-zeros
   n_neg = jnp.sum(s < 0, dtype=jnp.int32)
   n_zero = n - m
@@ -139,7 +140,7 @@ def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
         jnp.full((1,), n, jnp.int32)])
     lo, hi = edges[:-1], edges[1:]
     cnt = pc[hi] - pc[lo]
-    tot = ps[hi] - ps[lo]
+    tot = _sums.range_sum(ps, lo, hi)
     mean = tot / jnp.maximum(cnt, 1).astype(s.dtype)
     # Keep each mean inside its cluster's range despite rounding.
     mean = jnp.clip(mean, s[jnp.minimum(lo, n - 1)],
@@ -304,7 +305,7 @@ def project_quantize(tree: base.PyTree, bits: int,
 
   ``method="lloyd"`` sorts once (``O(n log n)``) and then runs Lloyd
   iterations at ``O(K log n)`` each (boundaries by binary search, means by
-  prefix sums), from quantile initialisation (``init="quantile"``,
+  compensated prefix sums, accurate for any leaf size), from quantile initialisation (``init="quantile"``,
   deterministic) until the centres stop moving (total absolute shift
   ``<= tol``, default 0) or ``max_iters`` (default 300). An empty cluster
   keeps its centre. ``init="forgy"`` with a ``key`` reproduces the reference
