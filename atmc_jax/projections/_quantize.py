@@ -272,7 +272,27 @@ def _quantize_leaf(x, bits, method, max_iters, tol, init, key):
   fdtype, _ = _compute_dtypes(x.dtype)
   flat = jnp.ravel(x).astype(fdtype)
   out = _quantize_flat(flat, n_levels, method, max_iters, tol, init, key)
+  # Traced leaves cannot be checked: a non-finite entry makes the whole
+  # quantised leaf NaN rather than a codebook built around it.
+  out = jnp.where(jnp.all(jnp.isfinite(flat)), out,
+                  jnp.full_like(out, jnp.nan))
   return out.astype(x.dtype).reshape(x.shape)
+
+
+def _check_finite(leaves, sel) -> None:
+  """Raises on a non-finite entry of a concrete selected leaf."""
+  for i, (x, m) in enumerate(zip(leaves, sel)):
+    if not m or isinstance(x, jax.core.Tracer):
+      continue
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+      continue
+    bad = ~np.isfinite(a)
+    if bad.any():
+      raise ValueError(
+          f'project_quantize needs finite values, got {int(bad.sum())} '
+          f'non-finite entries (e.g. {a[bad].ravel()[0]!r}) in selected leaf '
+          f'{i} of shape {a.shape}; accepted: finite floats.')
 
 
 def _leaf_keys(tree, mask, key):
@@ -326,6 +346,13 @@ def project_quantize(tree: base.PyTree, bits: int,
   compacted copy of their non-zeros (capacity ``size // 64`` or
   ``size // 8``), so the cost scales with ``nnz`` rather than ``size``.
 
+  Non-finite values: a concrete (not traced) selected leaf with a NaN or
+  ``inf`` entry raises ``ValueError``. Under ``jax.jit`` the values cannot
+  be checked; a selected leaf holding any non-finite entry is then returned
+  as all NaN (and a leaf small enough to pass through unchanged keeps its
+  values), so the failure shows up in the result instead of as a codebook
+  silently fitted around the bad entries.
+
   Args:
     tree: a pytree of arrays.
     bits: the number of bits per non-zero code, an int in ``[1, 16]``.
@@ -343,14 +370,16 @@ def project_quantize(tree: base.PyTree, bits: int,
 
   Raises:
     ValueError: ``bits`` is not an int in ``[1, 16]``, an option is not
-      one of the accepted values, the mask does not match ``tree``, or a
-      selected leaf is not floating point.
+      one of the accepted values, the mask does not match ``tree``, a
+      selected leaf is not floating point, or a concrete selected leaf has
+      a non-finite entry.
   """
   check_bits(bits)
   max_iters, tol = _resolve_options(method, max_iters, tol, init, key)
   mask = tree_utils.resolve_mask(tree, mask)
   leaves, treedef = jax.tree.flatten(tree)
   sel = treedef.flatten_up_to(mask)
+  _check_finite(leaves, sel)
   keys = _leaf_keys(tree, mask, key)
   out = [_quantize_leaf(x, bits, method, max_iters, tol, init, kk) if m else x
          for x, m, kk in zip(leaves, sel, keys)]
