@@ -313,15 +313,84 @@ class AtmcTest(parameterized.TestCase):
       ('bits_32', dict(budget=3, bits=32), r'None.*got 32'),
       ('interval_zero', dict(budget=3, admm_interval=0),
        r'admm_interval.*\[1, inf\).*got 0'),
-      ('negative_rho', dict(budget=3, rho=-0.1), r'rho.*\[0, inf\).*-0\.1'),
+      ('negative_rho', dict(budget=3, rho=-0.1),
+       r'rho must be a finite number in \(0, inf\), got -0\.1'),
+      ('zero_rho', dict(budget=3, bits=2, rho=0.0),
+       r'rho must be a finite number in \(0, inf\), got 0\.0'),
+      ('inf_rho', dict(budget=3, bits=2, rho=float('inf')),
+       r'rho must be a finite number in \(0, inf\), got inf'),
+      ('nan_rho', dict(budget=3, bits=2, rho=float('nan')),
+       r'rho must be a finite number in \(0, inf\), got nan'),
+      ('string_rho', dict(budget=3, bits=2, rho='0.1x'),
+       r"rho must be a finite number in \(0, inf\), got '0\.1x'"),
       ('schedule_rho', dict(budget=3, rho=lambda t: 0.1),
-       r'rho.*\[0, inf\).*inject_hyperparams'),
+       r'rho.*\(0, inf\).*inject_hyperparams'),
       ('quantizer', dict(budget=3, quantizer='kmeans'),
        r"quantizer.*'lloyd'.*'kmeans'"),
+      ('quantizer_init', dict(budget=3, bits=2, quantizer_init='kmeans++'),
+       r"quantizer_init.*'quantile'.*'forgy'.*'kmeans\+\+'"),
+      ('forgy_optimal', dict(budget=3, bits=2, quantizer='optimal',
+                             quantizer_init='forgy'),
+       r"quantizer_init='forgy' needs quantizer='lloyd', got 'optimal'"),
   )
   def test_bad_hyperparameters_raise(self, kwargs, regex):
     with self.assertRaisesRegex(ValueError, regex):
       optim.atmc(optax.sgd(0.1), **kwargs)
+
+  @parameterized.named_parameters(
+      ('atmc8', lambda: optim.atmc(optax.sgd(0.1), budget=3, bits=8)),
+      ('atmc32', lambda: optim.atmc(optax.sgd(0.1), budget=3)),
+      ('projected', lambda: optim.projected(optax.sgd(0.1), lambda t: t)),
+      ('fixed_support', lambda: optim.fixed_support(optax.sgd(0.1))),
+  )
+  def test_init_without_params_raises(self, make):
+    tx = make()
+    for params in (None, {}):
+      with self.assertRaisesRegex(
+          ValueError, r'init needs the params: a pytree with at least one '
+          r'array leaf, got (None|\{\})'):
+        tx.init(params)
+
+  def test_forgy_init_is_forwarded_and_keyed_by_count(self):
+    params = {'w': jnp.asarray(
+        np.random.default_rng(0).standard_t(3, (40, 50)), jnp.float32)}
+    budget, bits = 1500, 2
+
+    def run(quantizer_init):
+      tx = optim.atmc(optax.sgd(0.01), budget=budget, bits=bits,
+                      admm_interval=1, quantizer_init=quantizer_init)
+      state = tx.init(params)
+      z0 = state.z
+      p = params
+      for _ in range(2):  # ADMM steps run at counts 1 (not 0).
+        grads = {'w': jnp.full_like(p['w'], 0.1)}
+        updates, state = jax.jit(tx.update)(grads, state, p)
+        p = optax.apply_updates(p, updates)
+      return z0, state, p
+
+    z0, state, p = run('forgy')
+    expected = projections.project_atmc(
+        params, budget, bits, init='forgy', key=optim.quantizer_key(0))
+    chex.assert_trees_all_close(z0, expected, atol=1e-5)
+    quantile = projections.project_atmc(params, budget, bits)
+    self.assertFalse(np.array_equal(z0['w'], quantile['w']))
+    # Reproducible: a second run gives the same state, bit for bit.
+    _, state2, _ = run('forgy')
+    chex.assert_trees_all_equal(state.z, state2.z)
+    self.assertLessEqual(_distinct_nonzero(state.z['w']), 2 ** bits)
+    # The ADMM step at count 1 (u was 0) quantised p with quantizer_key(1).
+    chex.assert_trees_all_close(
+        state.z, projections.project_atmc(
+            p, budget, bits, init='forgy', key=optim.quantizer_key(1)),
+        atol=1e-5)
+    deployed = optim.deployable_params(p, budget=budget, bits=bits,
+                                       quantizer_init='forgy')
+    chex.assert_trees_all_close(
+        deployed, projections.project_atmc(
+            p, budget, bits, init='forgy', key=optim.quantizer_key(0)),
+        atol=1e-5)
+    z0_quantile, _, _ = run('quantile')
+    chex.assert_trees_all_close(z0_quantile, quantile, atol=1e-5)
 
   def test_bad_deployable_arguments_raise(self):
     with self.assertRaisesRegex(ValueError, r'bits.*\[1, 16\]'):

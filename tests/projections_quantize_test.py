@@ -194,3 +194,19 @@ def test_bad_input():
     projections.project_quantize(tree, 2, mask={'a': True, 'i': True})
   with pytest.raises(ValueError, match='k must be'):
     projections.project_atmc({'a': tree['a']}, -3, 2)
+
+
+def test_non_finite_values():
+  x = np.asarray(jax.random.normal(jax.random.key(6), (20, 30)))
+  for bad in (np.nan, np.inf, -np.inf):
+    y = x.copy()
+    y[3, 4] = bad
+    with pytest.raises(ValueError, match=r'finite values, got 1 non-finite '
+                       r'entries .*leaf 0 of shape \(20, 30\)'):
+      projections.project_quantize({'w': y}, 2)
+    # Under jit the values cannot be checked: the whole leaf becomes NaN.
+    out = _jitted(2, 'lloyd')({'w': y, 'bias': np.zeros(5, np.float32)})
+    assert np.all(np.isnan(out['w']))
+    np.testing.assert_array_equal(out['bias'], np.zeros(5))
+  out = _jitted(2, 'lloyd')({'w': x, 'bias': np.zeros(5, np.float32)})
+  assert np.all(np.isfinite(out['w']))

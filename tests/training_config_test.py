@@ -6,6 +6,8 @@ import numpy as np
 import optax
 import pytest
 
+from atmc_jax import optim
+from atmc_jax import projections
 from atmc_jax import training
 from experiments.configs import default
 
@@ -33,6 +35,10 @@ def _valid():
     ('num_epochs', 0, r'config.num_epochs=0'),
     ('learning_rate', -1.0, r'config.learning_rate=-1.0'),
     ('num_val', 0, r'config.num_val=0.*>= 1'),
+    ('rho', 0.0, r'config.rho=0.0.*finite number > 0'),
+    ('rho', float('inf'), r'config.rho=inf.*finite number > 0'),
+    ('quantizer_init', 'kmeans++', r"config.quantizer_init='kmeans\+\+'.*"
+     r"'quantile', 'forgy'"),
 ])
 def test_invalid_values_name_the_key(key, value, match):
   config = _valid()
@@ -179,6 +185,36 @@ def test_compression_stages_meet_the_budget(stage):
   assert nnz <= comp.budget
   if stage == 'atmc8':
     assert comp.bits == 8
+
+
+def test_forgy_needs_lloyd():
+  config = _valid()
+  config.quantizer_init = 'forgy'
+  training.validate_config(config, num_devices=8)
+  config.quantizer = 'optimal'
+  with pytest.raises(ValueError, match=r"config.quantizer_init='forgy'"):
+    training.validate_config(config, num_devices=8)
+
+
+def test_quantizer_init_reaches_the_optimizer():
+  config, params, comp = _toy_compression('atmc8', 0.5, seed=2)
+  config.bits = comp.bits = 3
+  config.quantizer_init = 'forgy'
+  params, comp = training.prepare_compression(config, params)
+  assert comp.quantizer_init == 'forgy'
+  tx = training.make_optimizer(config, params, comp, steps_per_epoch=10)
+  z = tx.init(params).z
+  expected = projections.project_atmc(params, comp.budget, 3, init='forgy',
+                                      key=optim.quantizer_key(0))
+  quantile = projections.project_atmc(params, comp.budget, 3)
+  for l in 'ab':
+    np.testing.assert_allclose(z[l]['kernel'], expected[l]['kernel'],
+                               atol=1e-6)
+  assert any(not np.array_equal(z[l]['kernel'], quantile[l]['kernel'])
+             for l in 'ab')
+  np.testing.assert_allclose(
+      comp.deployable(params)['a']['kernel'], expected['a']['kernel'],
+      atol=1e-6)
 
 
 def test_low_rank_stage_trains_the_factors():

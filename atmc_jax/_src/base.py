@@ -19,3 +19,15 @@ NO_PARAMS_MSG = (
     'parameters, but you are not passing `params` when calling `update`. '
     'Call `tx.update(grads, state, params)`.'
 )
+
+
+def check_init_params(params: Any, name: str) -> None:
+  """Raises ``ValueError`` unless ``params`` is a pytree with array leaves.
+
+  ``tx.init(None)`` (or an empty tree) would otherwise build a state of
+  ``None`` leaves that fails much later inside jax.
+  """
+  if params is None or not jax.tree.leaves(params):
+    raise ValueError(
+        f'{name}.init needs the params: a pytree with at least one array '
+        f'leaf, got {params!r}.')

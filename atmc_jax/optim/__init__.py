@@ -10,6 +10,7 @@ from atmc_jax.optim._atmc import AtmcState
 from atmc_jax.optim._atmc import deployable_params
 from atmc_jax.optim._atmc import projected
 from atmc_jax.optim._atmc import ProjectedState
+from atmc_jax.optim._atmc import quantizer_key
 from atmc_jax.optim._fixed_support import fixed_support
 from atmc_jax.optim._fixed_support import FixedSupportState
 from atmc_jax.optim._fixed_support import magnitude_support

@@ -80,6 +80,7 @@ from atmc_jax._src import base
 from atmc_jax._src import tree_utils
 
 QUANTIZERS = ('lloyd', 'optimal')
+QUANTIZER_INITS = ('quantile', 'forgy')
 MIN_BITS = 1
 MAX_BITS = 16
 
@@ -132,7 +133,8 @@ def static_int(name: str, value: Any) -> int:
     raise ValueError(f'{name} must be an int, got {value!r}.') from None
 
 
-def _validate(*, budget, bits, rho, admm_interval, quantizer):
+def _validate(*, budget, bits, rho, admm_interval, quantizer,
+              quantizer_init):
   """Checks the hyper-parameters of :func:`atmc`; returns static ints."""
   if not _is_traced(budget):  # A traced budget (a scheduled one) is allowed.
     budget = static_int('budget', budget)
@@ -152,14 +154,49 @@ def _validate(*, budget, bits, rho, admm_interval, quantizer):
           f'admm_interval must be in [1, inf), got {interval}.')
   if callable(rho):
     raise ValueError(
-        'rho must be a number in [0, inf); to schedule it, wrap atmc with '
-        'optax.inject_hyperparams.')
-  if not _is_traced(rho) and not np.all(np.asarray(rho) >= 0):
-    raise ValueError(f'rho must be in [0, inf), got {rho}.')
+        'rho must be a finite number in (0, inf); to schedule it, wrap atmc '
+        'with optax.inject_hyperparams.')
+  # ADMM needs a penalty rho > 0 (rho = 0 decouples theta from its
+  # quantised copy, so the codebook constraint is never enforced); an
+  # infinite rho turns the penalty gradient into inf/nan.
+  if rho is not None and not _is_traced(rho):
+    try:
+      value = np.asarray(rho, np.float64)
+    except (TypeError, ValueError):
+      value = None
+    if value is None or value.ndim or not (
+        np.isfinite(value) and value > 0):
+      raise ValueError(
+          f'rho must be a finite number in (0, inf), got {rho!r}.')
   if quantizer not in QUANTIZERS:
     raise ValueError(
         f'quantizer must be one of {QUANTIZERS}, got {quantizer!r}.')
+  if quantizer_init not in QUANTIZER_INITS:
+    raise ValueError(
+        f'quantizer_init must be one of {QUANTIZER_INITS}, got '
+        f'{quantizer_init!r}.')
+  if quantizer_init == 'forgy' and quantizer != 'lloyd':
+    raise ValueError(
+        "quantizer_init='forgy' needs quantizer='lloyd', got "
+        f'{quantizer!r}.')
   return budget, bits
+
+
+def quantizer_key(count: jax.Array) -> jax.Array:
+  """The PRNG key of the Forgy initialisation at update count ``count``.
+
+  ``fold_in(key(0), count)``: deterministic, and a different draw at every
+  ADMM step (the initial copy uses ``count = 0``).
+  """
+  return jax.random.fold_in(jax.random.key(0), count)
+
+
+def _quantize_options(quantizer, quantizer_init, count):
+  """Keyword arguments of ``project_atmc`` for the k-means solver."""
+  if quantizer_init == 'quantile':
+    return {'method': quantizer}
+  return {'method': quantizer, 'init': quantizer_init,
+          'key': quantizer_key(count)}
 
 
 def _placeholder(x: jax.Array) -> jax.Array:
@@ -188,6 +225,7 @@ def atmc(
     admm_interval: int = 10,
     mask: base.MaskOrFn = None,
     quantizer: str = 'lloyd',
+    quantizer_init: str = 'quantile',
 ) -> optax.GradientTransformationExtraArgs:
   """ATMC: L0-projected steps of ``inner`` plus ADMM towards a codebook.
 
@@ -243,7 +281,9 @@ def atmc(
     bits: codebook size ``2^bits`` of non-zero values per selected leaf, a
       static int in ``[1, 16]``; ``None`` disables quantisation (ATMC-32: no
       ADMM state is used and no penalty is added).
-    rho: the ADMM penalty weight, ``>= 0`` (0.1 in the reference code).
+    rho: the ADMM penalty weight, a finite number ``> 0`` (0.1 in the
+      reference code; the paper's rho is a predefined positive constant).
+      A traced (scheduled) rho is not checked.
     admm_interval: the ADMM step runs after update ``t`` when ``t > 0`` and
       ``t % admm_interval == 0``; ``>= 1``.
     mask: which leaves are constrained (see ``tree_utils.resolve_mask``);
@@ -251,6 +291,11 @@ def atmc(
       get the inner updates unchanged.
     quantizer: ``'lloyd'`` or ``'optimal'``, passed as ``method`` to
       ``projections.project_atmc``.
+    quantizer_init: ``'quantile'`` (deterministic) or ``'forgy'`` (the
+      reference code's random initialisation, ``quantizer='lloyd'`` only),
+      passed as ``init`` to ``projections.project_atmc``. Forgy's key is
+      :func:`quantizer_key` of the update count ``t`` of the ADMM step
+      (``t = 0`` for the initial copy), so runs are reproducible.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose state is an
@@ -258,22 +303,28 @@ def atmc(
 
   Raises:
     ValueError: a hyper-parameter is out of range (budget < 0, bits outside
-      ``[1, 16]``, admm_interval < 1, rho < 0, unknown quantizer), or
-      ``update`` is called without ``params``.
+      ``[1, 16]``, admm_interval < 1, rho not a finite number > 0, unknown
+      quantizer or quantizer_init), ``init`` is given no params (``None`` or
+      an empty tree), or ``update`` is called without ``params``.
   """
   budget, bits = _validate(budget=budget, bits=bits, rho=rho,
-                           admm_interval=admm_interval, quantizer=quantizer)
+                           admm_interval=admm_interval, quantizer=quantizer,
+                           quantizer_init=quantizer_init)
   quantising = bits is not None
   inner = optax.with_extra_args_support(inner)
 
-  def project_feasible(tree, sel):
-    return projections.project_atmc(tree, budget, bits, sel, method=quantizer)
+  def project_feasible(tree, sel, count):
+    return projections.project_atmc(
+        tree, budget, bits, sel,
+        **_quantize_options(quantizer, quantizer_init, count))
 
   def init_fn(params):
+    base.check_init_params(params, 'atmc')
     sel = tree_utils.resolve_mask(params, mask)
     if quantising:
       # One compiled call rather than eager op-by-op k-means.
-      z0 = jax.jit(functools.partial(project_feasible, sel=sel))(params)
+      z0 = jax.jit(functools.partial(project_feasible, sel=sel))(
+          params, count=jnp.zeros([], jnp.int32))
       z = _select(sel, lambda q, p: q.astype(jnp.result_type(p)),
                   lambda q, p: _placeholder(p), z0, params)
       u = _select(sel, jnp.zeros_like, _placeholder, params)
@@ -311,7 +362,7 @@ def atmc(
         _, u_old = zu
         target = _select(sel, lambda q, v: q + v.astype(q.dtype),
                          lambda q, v: q, new_params, u_old)
-        z_full = project_feasible(target, sel)
+        z_full = project_feasible(target, sel, state.count)
         z_new = _select(sel, lambda q, p: q.astype(jnp.result_type(p)),
                         lambda q, p: _placeholder(p), z_full, params)
         u_new = _select(
@@ -361,7 +412,9 @@ def projected(
     :class:`ProjectedState`.
 
   Raises:
-    ValueError: ``update`` is called without ``params``.
+    ValueError: ``project_fn`` is not callable, ``init`` is given no params
+      (``None`` or an empty tree), or ``update`` is called without
+      ``params``.
   """
   if not callable(project_fn):
     raise ValueError(
@@ -369,6 +422,7 @@ def projected(
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    base.check_init_params(params, 'projected')
     return ProjectedState(inner_state=inner.init(params))
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -391,6 +445,8 @@ def deployable_params(
     bits: Optional[int] = None,
     mask: base.MaskOrFn = None,
     quantizer: str = 'lloyd',
+    quantizer_init: str = 'quantile',
+    key: Any = None,
 ) -> base.Params:
   """The compressed model: ``params`` projected onto both constraints.
 
@@ -407,6 +463,9 @@ def deployable_params(
     bits: codebook bits per selected leaf in ``[1, 16]``, or ``None``.
     mask: which leaves are constrained (as in :func:`atmc`).
     quantizer: ``'lloyd'`` or ``'optimal'``.
+    quantizer_init: ``'quantile'`` or ``'forgy'`` (as in :func:`atmc`).
+    key: the PRNG key of the Forgy initialisation; ``None`` uses
+      ``quantizer_key(0)``. Ignored with ``quantizer_init='quantile'``.
 
   Returns:
     A pytree with ``params``' structure, shapes and dtypes.
@@ -414,17 +473,20 @@ def deployable_params(
   Raises:
     ValueError: a hyper-parameter is out of range.
   """
-  budget, bits = _validate(budget=budget, bits=bits, rho=0.0,
-                           admm_interval=1, quantizer=quantizer)
+  budget, bits = _validate(budget=budget, bits=bits, rho=None,
+                           admm_interval=1, quantizer=quantizer,
+                           quantizer_init=quantizer_init)
   sel = tree_utils.resolve_mask(params, mask)
+  options = _quantize_options(quantizer, quantizer_init, 0)
+  if key is not None and quantizer_init == 'forgy':
+    options['key'] = key
 
   @jax.jit
   def deploy(params):
     if bits is None:
       out = projections.project_l0(params, budget, sel)
     else:
-      out = projections.project_atmc(params, budget, bits, sel,
-                                     method=quantizer)
+      out = projections.project_atmc(params, budget, bits, sel, **options)
     return jax.tree.map(lambda q, p: q.astype(jnp.result_type(p)), out,
                         params)
 

@@ -124,11 +124,13 @@ def fixed_support(
 
   Raises:
     ValueError: ``support`` does not match the params' structure or shapes,
-      or ``update`` is called without ``params``.
+      ``init`` is given no params (``None`` or an empty tree), or ``update``
+      is called without ``params``.
   """
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params):
+    base.check_init_params(params, 'fixed_support')
     sel = tree_utils.resolve_mask(params, mask)
     if support is None:
       sup = jax.tree.map(

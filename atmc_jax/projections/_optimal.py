@@ -20,6 +20,11 @@ solved by divide and conquer: ``log2 n`` levels, each a vectorised
 ``O(n)`` pass (ragged candidate ranges flattened into one vector plus
 segment minima).
 
+``SSE(v_i .. v_{j-1}) = S2 - S1^2 / (j - i)`` reads the range sums ``S1``
+(values) and ``S2`` (squares) from compensated prefix sums (``_sums``), so
+their error does not grow with the tensor's size; the subtraction itself
+keeps a relative error of about ``eps * mean^2 / variance`` of the range.
+
 Complexity per tensor with ``n`` entries: ``O(n log n)`` for the sort and
 ``O(K n log n)`` time, ``O(K n)`` memory (the argmins kept for
 backtracking) for the dynamic programme.
@@ -28,6 +33,8 @@ backtracking) for the dynamic programme.
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from atmc_jax.projections import _sums
 
 
 def _layer(prev, s1, s2, m):
@@ -41,8 +48,9 @@ def _layer(prev, s1, s2, m):
 
   def sse(i, j):
     cnt = jnp.maximum(j - i, 1).astype(prev.dtype)
-    d1 = s1[j] - s1[i]
-    return jnp.where(j > i, jnp.maximum(s2[j] - s2[i] - d1 * d1 / cnt, 0), 0)
+    d1 = _sums.range_sum(s1, i, j)
+    d2 = _sums.range_sum(s2, i, j)
+    return jnp.where(j > i, jnp.maximum(d2 - d1 * (d1 / cnt), 0), 0)
 
   nq = p // 2                               # queries per level (padded)
   qi = jnp.arange(nq, dtype=jnp.int32)
@@ -89,11 +97,11 @@ def _layer(prev, s1, s2, m):
 
 def _side_tables(v, m, n_centres):
   """DP over one side (``v`` ordered far -> near 0, first ``m`` real)."""
-  s1 = jnp.concatenate([jnp.zeros((1,), v.dtype), jnp.cumsum(v)])
-  s2 = jnp.concatenate([jnp.zeros((1,), v.dtype), jnp.cumsum(v * v)])
+  s1 = _sums.compensated_cumsum(v)
+  s2 = _sums.compensated_cumsum(v * v)
   size = v.shape[0] + 1
   jj = jnp.arange(size)
-  tail = s2[m] - s2
+  tail = _sums.range_sum(s2, jj, m)
   inf = jnp.asarray(jnp.inf, v.dtype)
   f0 = jnp.where(jj == 0, 0, inf).astype(v.dtype)
 
@@ -121,12 +129,12 @@ def _backtrack(opts, jstar, k, s1, n_centres):
     layer = k - 1 - t                      # opts[layer] is F_{layer+1}
     active = layer >= 0
     i = jnp.where(active, opts[jnp.maximum(layer, 0), j], j)
-    cnt = (j - i).astype(s1.dtype)
-    mean = (s1[j] - s1[i]) / jnp.maximum(cnt, 1)
+    cnt = (j - i).astype(s1[0].dtype)
+    mean = _sums.range_sum(s1, i, j) / jnp.maximum(cnt, 1)
     out = out.at[t].set(jnp.where(active & (j > i), mean, jnp.nan))
     return i, out
 
-  out = jnp.full((n_centres,), jnp.nan, s1.dtype)
+  out = jnp.full((n_centres,), jnp.nan, s1[0].dtype)
   _, out = jax.lax.fori_loop(0, n_centres, body, (jstar, out))
   return out
 

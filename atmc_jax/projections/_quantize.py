@@ -25,6 +25,7 @@ import numpy as np
 
 from atmc_jax._src import base
 from atmc_jax._src import tree_utils
+from atmc_jax.projections import _sums
 
 _METHODS = ('lloyd', 'optimal')
 _INITS = ('quantile', 'forgy')
@@ -85,13 +86,34 @@ def _remove_zero(full: jax.Array, z: jax.Array) -> jax.Array:
   return full[jnp.where(i < z, i, i + 1)]
 
 
+def quantile_ranks(m: jax.Array, n_levels: int) -> jax.Array:
+  """``floor((2 j + 1) m / (2 K))`` for ``j < K``, exact in int32.
+
+  ``K = n_levels`` is a power of two ``<= 2**16`` and ``0 <= m < 2**31``;
+  the direct product ``(2 K - 1) m`` overflows int32 once it reaches
+  ``2**31``, so the product is split into parts that each stay below it.
+  """
+  e = int(n_levels).bit_length()              # 2 K = 2**e
+  a = 2 * jnp.arange(n_levels, dtype=jnp.int32) + 1   # a < 2**e
+  m = jnp.asarray(m, jnp.int32)
+  m_hi = jnp.right_shift(m, e)                # m = m_hi 2**e + m_lo
+  m_lo = jnp.bitwise_and(m, (1 << e) - 1)
+  h = (e + 1) // 2                            # m_lo = lo_hi 2**h + lo_lo
+  lo_hi = jnp.right_shift(m_lo, h)
+  lo_lo = jnp.bitwise_and(m_lo, (1 << h) - 1)
+  # a m_hi <= m; a lo_hi < 2**(2e - h) and a lo_lo < 2**(e + h), both
+  # <= 2**26 for e <= 17.
+  part = a * lo_hi + jnp.right_shift(a * lo_lo, h)
+  return a * m_hi + jnp.right_shift(part, e - h)
+
+
 def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
   """Free centres (sorted) after Lloyd iterations on sorted values ``s``."""
   n = s.shape[0]
   nonzero = s != 0
   pc = jnp.concatenate([jnp.zeros((1,), jnp.int32),
                         jnp.cumsum(nonzero, dtype=jnp.int32)])
-  ps = jnp.concatenate([jnp.zeros((1,), s.dtype), jnp.cumsum(s)])
+  ps = _sums.compensated_cumsum(s)
   m = pc[-1]                                     # number of non-zeros
   n_neg = jnp.sum(s < 0, dtype=jnp.int32)
   n_zero = n - m
@@ -100,8 +122,7 @@ def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
     return s[jnp.where(rank < n_neg, rank, rank + n_zero)]
 
   if init == 'quantile':
-    j = jnp.arange(n_levels)
-    rank = ((2 * j + 1) * m) // (2 * n_levels)
+    rank = quantile_ranks(m, n_levels)
     c0 = nonzero_at(jnp.clip(rank, 0, jnp.maximum(m - 1, 0)))
   else:  # forgy: values at n_levels distinct random non-zero positions
     u = jax.random.uniform(key, (n,))
@@ -119,7 +140,7 @@ def _lloyd_centres(s, n_levels, *, max_iters, tol, init, key):
         jnp.full((1,), n, jnp.int32)])
     lo, hi = edges[:-1], edges[1:]
     cnt = pc[hi] - pc[lo]
-    tot = ps[hi] - ps[lo]
+    tot = _sums.range_sum(ps, lo, hi)
     mean = tot / jnp.maximum(cnt, 1).astype(s.dtype)
     # Keep each mean inside its cluster's range despite rounding.
     mean = jnp.clip(mean, s[jnp.minimum(lo, n - 1)],
@@ -251,7 +272,27 @@ def _quantize_leaf(x, bits, method, max_iters, tol, init, key):
   fdtype, _ = _compute_dtypes(x.dtype)
   flat = jnp.ravel(x).astype(fdtype)
   out = _quantize_flat(flat, n_levels, method, max_iters, tol, init, key)
+  # Traced leaves cannot be checked: a non-finite entry makes the whole
+  # quantised leaf NaN rather than a codebook built around it.
+  out = jnp.where(jnp.all(jnp.isfinite(flat)), out,
+                  jnp.full_like(out, jnp.nan))
   return out.astype(x.dtype).reshape(x.shape)
+
+
+def _check_finite(leaves, sel) -> None:
+  """Raises on a non-finite entry of a concrete selected leaf."""
+  for i, (x, m) in enumerate(zip(leaves, sel)):
+    if not m or isinstance(x, jax.core.Tracer):
+      continue
+    a = np.asarray(x)
+    if not np.issubdtype(a.dtype, np.floating):
+      continue
+    bad = ~np.isfinite(a)
+    if bad.any():
+      raise ValueError(
+          f'project_quantize needs finite values, got {int(bad.sum())} '
+          f'non-finite entries (e.g. {a[bad].ravel()[0]!r}) in selected leaf '
+          f'{i} of shape {a.shape}; accepted: finite floats.')
 
 
 def _leaf_keys(tree, mask, key):
@@ -284,7 +325,7 @@ def project_quantize(tree: base.PyTree, bits: int,
 
   ``method="lloyd"`` sorts once (``O(n log n)``) and then runs Lloyd
   iterations at ``O(K log n)`` each (boundaries by binary search, means by
-  prefix sums), from quantile initialisation (``init="quantile"``,
+  compensated prefix sums, accurate for any leaf size), from quantile initialisation (``init="quantile"``,
   deterministic) until the centres stop moving (total absolute shift
   ``<= tol``, default 0) or ``max_iters`` (default 300). An empty cluster
   keeps its centre. ``init="forgy"`` with a ``key`` reproduces the reference
@@ -305,6 +346,13 @@ def project_quantize(tree: base.PyTree, bits: int,
   compacted copy of their non-zeros (capacity ``size // 64`` or
   ``size // 8``), so the cost scales with ``nnz`` rather than ``size``.
 
+  Non-finite values: a concrete (not traced) selected leaf with a NaN or
+  ``inf`` entry raises ``ValueError``. Under ``jax.jit`` the values cannot
+  be checked; a selected leaf holding any non-finite entry is then returned
+  as all NaN (and a leaf small enough to pass through unchanged keeps its
+  values), so the failure shows up in the result instead of as a codebook
+  silently fitted around the bad entries.
+
   Args:
     tree: a pytree of arrays.
     bits: the number of bits per non-zero code, an int in ``[1, 16]``.
@@ -322,14 +370,16 @@ def project_quantize(tree: base.PyTree, bits: int,
 
   Raises:
     ValueError: ``bits`` is not an int in ``[1, 16]``, an option is not
-      one of the accepted values, the mask does not match ``tree``, or a
-      selected leaf is not floating point.
+      one of the accepted values, the mask does not match ``tree``, a
+      selected leaf is not floating point, or a concrete selected leaf has
+      a non-finite entry.
   """
   check_bits(bits)
   max_iters, tol = _resolve_options(method, max_iters, tol, init, key)
   mask = tree_utils.resolve_mask(tree, mask)
   leaves, treedef = jax.tree.flatten(tree)
   sel = treedef.flatten_up_to(mask)
+  _check_finite(leaves, sel)
   keys = _leaf_keys(tree, mask, key)
   out = [_quantize_leaf(x, bits, method, max_iters, tol, init, kk) if m else x
          for x, m, kk in zip(leaves, sel, keys)]

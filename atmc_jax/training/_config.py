@@ -23,6 +23,9 @@ pure PGD loss) or ``"mixed"`` (the reference code for MNIST and CIFAR-10:
 ``0.5 * clean + 0.5 * adversarial``).
 """
 
+import math
+import numbers
+
 import jax
 import ml_collections
 
@@ -36,6 +39,7 @@ ATTACK_BN_MODES = ('eval', 'train')
 NORMS = ('linf', 'l2')
 DATA_SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
 QUANTIZERS = ('lloyd', 'optimal')
+QUANTIZER_INITS = ('quantile', 'forgy')
 
 # stage -> (natural loss?, compression, factorized, default bits)
 _STAGE_TABLE = {
@@ -121,6 +125,13 @@ def validate_config(config: ml_collections.ConfigDict,
     _fail('model', config.model, models.model_names())
   if config.quantizer not in QUANTIZERS:
     _fail('quantizer', config.quantizer, QUANTIZERS)
+  if config.get('quantizer_init', 'quantile') not in QUANTIZER_INITS:
+    _fail('quantizer_init', config.quantizer_init, QUANTIZER_INITS)
+  if (config.get('quantizer_init', 'quantile') == 'forgy'
+      and config.quantizer != 'lloyd'):
+    _fail('quantizer_init', config.quantizer_init,
+          "'quantile' (config.quantizer is not 'lloyd'), or 'forgy' with "
+          "config.quantizer='lloyd'")
   if config.loss not in LOSSES:
     _fail('loss', config.loss, LOSSES)
   if config.adv_loss not in ('adversarial', 'mixed'):
@@ -137,8 +148,9 @@ def validate_config(config: ml_collections.ConfigDict,
   if config.compression == 'atmc' and config.bits is None:
     _fail('bits', config.bits,
           'an integer in 1..16 when config.compression="atmc"')
-  if not config.rho > 0:
-    _fail('rho', config.rho, 'a number > 0')
+  if (isinstance(config.rho, bool) or not isinstance(config.rho, numbers.Real)
+      or not math.isfinite(config.rho) or not config.rho > 0):
+    _fail('rho', config.rho, 'a finite number > 0 (the ADMM penalty)')
   if config.admm_interval < 1:
     _fail('admm_interval', config.admm_interval, 'an integer >= 1')
   for key in ('batch_size', 'eval_batch_size'):

@@ -84,6 +84,8 @@ class Compression:
     quantizer: the k-means method for ``"atmc"``.
     dense_like: the dense params' shapes (``"low_rank"`` only), which the
       factor model needs to form conv kernels.
+    quantizer_init: Lloyd's initialisation for ``"atmc"`` (``"quantile"``
+      or ``"forgy"``).
   """
 
   kind: str
@@ -92,6 +94,7 @@ class Compression:
   ranks: Any = None
   quantizer: str = 'lloyd'
   dense_like: Any = None
+  quantizer_init: str = 'quantile'
 
   def deployable(self, params: base.Params) -> base.Params:
     """The exactly feasible model the stage deploys."""
@@ -100,7 +103,8 @@ class Compression:
     return optim.deployable_params(params, budget=self.budget,
                                    bits=self.bits if self.kind == 'atmc'
                                    else None,
-                                   quantizer=self.quantizer)
+                                   quantizer=self.quantizer,
+                                   quantizer_init=self.quantizer_init)
 
   def wrap_model(self, model):
     """The model that runs this stage's params (ALR: on ``B``, ``A``)."""
@@ -150,8 +154,9 @@ def prepare_compression(config, params: base.Params
   params = jax.jit(functools.partial(projections.project_l0, k=budget))(
       params)
   bits = config.bits if kind == 'atmc' else None
-  return params, Compression(kind, budget=budget, bits=bits,
-                             quantizer=config.quantizer)
+  return params, Compression(
+      kind, budget=budget, bits=bits, quantizer=config.quantizer,
+      quantizer_init=config.get('quantizer_init', 'quantile'))
 
 
 def make_optimizer(config, params: base.Params, compression: Compression,
@@ -185,7 +190,8 @@ def make_optimizer(config, params: base.Params, compression: Compression,
     return optim.fixed_support(inner, support)
   return optim.atmc(inner, budget=compression.budget, bits=compression.bits,
                     rho=config.rho, admm_interval=config.admm_interval,
-                    quantizer=config.quantizer)
+                    quantizer=config.quantizer,
+                    quantizer_init=config.get('quantizer_init', 'quantile'))
 
 
 def current_lr(config, steps_per_epoch: int) -> Callable[[int], float]:

@@ -39,10 +39,13 @@ def get_config() -> ml_collections.ConfigDict:
   # or "mixed" (the reference code for MNIST/CIFAR-10: 0.5 clean + 0.5 adv).
   config.adv_loss = 'adversarial'
   # ADMM (compression="atmc"): penalty weight, Z/U update interval (in
-  # steps), and the k-means method ("lloyd" or "optimal").
+  # steps), the k-means method ("lloyd" or "optimal") and Lloyd's
+  # initialisation ("quantile", deterministic, or "forgy", the reference
+  # code's random one, keyed by the update count).
   config.rho = 0.1
   config.admm_interval = 10
   config.quantizer = 'lloyd'
+  config.quantizer_init = 'quantile'
   # Warm start: the workdir of another stage ('' = random init). Its
   # checkpoint selected on validation is loaded (its latest one with
   # init_from_best=False); dense params are factorized when this stage's
