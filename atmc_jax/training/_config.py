@@ -166,6 +166,16 @@ def validate_config(config: ml_collections.ConfigDict,
     _fail('momentum', config.momentum, 'a number in [0, 1)')
   if not config.weight_decay >= 0:
     _fail('weight_decay', config.weight_decay, 'a number >= 0')
+  if not 0.0 < config.lr_decay_factor <= 1.0:
+    _fail('lr_decay_factor', config.lr_decay_factor, 'a number in (0, 1]')
+  for key in ('max_train_examples', 'max_test_examples'):
+    if config.get(key) is not None and config[key] < 1:
+      _fail(key, config[key], 'None (all examples) or an integer >= 1')
+  if config.bits is not None and config.compression != 'atmc':
+    _fail('bits', config.bits,
+          f'None for compression={config.compression!r} (stage '
+          f'{config.stage!r} does not quantise; bits apply to '
+          'compression="atmc" only)')
   if any(e < 0 for e in config.lr_decay_epochs):
     _fail('lr_decay_epochs', config.lr_decay_epochs, 'epochs >= 0')
   if config.num_val < 1:

@@ -96,10 +96,10 @@ def load_data(config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     kwargs = dict(data_dir=config.data_dir or None, source=config.data_source)
     train = data.load_split(config.dataset, 'train', **kwargs)
     test = data.load_split(config.dataset, 'test', **kwargs)
-  if config.max_train_examples:
+  if config.max_train_examples is not None:
     train = (train[0][:config.max_train_examples],
              train[1][:config.max_train_examples])
-  if config.max_test_examples:
+  if config.max_test_examples is not None:
     test = (test[0][:config.max_test_examples],
             test[1][:config.max_test_examples])
   train, val = data.train_val_split(*train, config.num_val)
