@@ -420,3 +420,106 @@ def test_paper_attack_suite_settings():
   assert mnist['pgd_eps76'].keywords['num_steps'] == 16
   with pytest.raises(ValueError, match='dataset'):
     attacks.paper_attack_suite('svhn2')
+
+
+# ---------------------------------------------------------------------------
+# Restarts keep a run that fools the model.
+# ---------------------------------------------------------------------------
+
+
+def _two_valley_logits(x):
+  """A 1-D landscape whose highest-loss point is still classified correctly.
+
+  With ``t = x - 0.5`` in ``[-0.5, 0.5]`` and ``s = 2 |t|``, the logits move
+  from ``[2, 0, 0]`` (class 0, low loss) at ``t = 0`` to ``[0.2, 0, 0]``
+  at ``t = -0.5`` (still class 0, cross-entropy 0.97) and to
+  ``[0, 0.1, -10]`` at ``t = 0.5`` (class 1: fooled, cross-entropy 0.74).
+  The cross-entropy grows with ``|t|`` on both sides, so PGD runs to the end
+  its random start points to.
+  """
+  t = x[:, 0] - 0.5
+  s = 2.0 * jnp.abs(t)
+  left = jnp.stack([2.0 - 1.8 * s, 0.0 * s, 0.0 * s], axis=-1)
+  right = jnp.stack([2.0 - 2.0 * s, 0.1 * s, -10.0 * s], axis=-1)
+  return jnp.where((t < 0)[:, None], left, right)
+
+
+def test_two_valley_landscape_is_as_described():
+  ends = _two_valley_logits(jnp.array([[0.0], [1.0], [0.5]]))
+  ce = np.asarray(attacks.cross_entropy(ends, jnp.zeros(3, jnp.int32)))
+  assert ce[0] > ce[1] > ce[2]  # the left end has the highest loss ...
+  np.testing.assert_array_equal(jnp.argmax(ends, -1), [0, 1, 0])  # ... yet
+  # only the right end fools the model.
+
+
+@pytest.mark.parametrize('attack', ['pgd', 'apgd'])
+def test_restarts_keep_a_run_that_fools_the_model(attack):
+  n, restarts = 32, 8
+  x = jnp.full((n, 1), 0.5)
+  y = jnp.zeros((n,), jnp.int32)
+  kw = dict(epsilon=0.5, num_steps=10, num_restarts=restarts)
+  if attack == 'apgd':
+    kw['prefer_misclassified'] = False
+  fn = getattr(attacks, attack)
+  x_adv = np.asarray(fn(_two_valley_logits, x, y, jax.random.PRNGKey(0),
+                        **kw))[:, 0]
+  # Every run ends at one end of the segment: 1 fools the model, 0 not.
+  assert np.all((np.abs(x_adv) < 1e-6) | (np.abs(x_adv - 1) < 1e-6))
+  one = np.asarray(fn(_two_valley_logits, x, y, jax.random.PRNGKey(0),
+                      **dict(kw, num_restarts=1)))[:, 0]
+  assert 0.2 < np.mean(one > 0.5) < 0.8  # a single run goes either way
+  # An example stays robust only if all 8 starts fell on the left
+  # (probability 1/256 each); keeping the highest loss would keep almost
+  # every example robust.
+  assert np.mean(x_adv > 0.5) > 0.9
+
+
+def test_select_adversarial_prefers_fooling_then_score():
+  from atmc_jax.attacks import _common  # pylint: disable=g-import-not-at-top
+  x_best = jnp.zeros((4, 2))
+  x_new = jnp.ones((4, 2))
+  best = (x_best, jnp.array([False, True, False, True]),
+          jnp.array([5.0, 1.0, 1.0, 1.0]))
+  new = (x_new, jnp.array([True, False, False, True]),
+         jnp.array([0.0, 9.0, 2.0, 3.0]))
+  x, fooled, score = _common.select_adversarial(best, new)
+  np.testing.assert_array_equal(x[:, 0], [1, 0, 1, 1])
+  np.testing.assert_array_equal(fooled, [True, True, False, True])
+  np.testing.assert_array_equal(score, [0.0, 1.0, 2.0, 3.0])
+
+
+@pytest.mark.parametrize('name', ['pgd', 'apgd', 'fgsm', 'wrm'])
+def test_labels_outside_the_classes_are_rejected(name):
+  kw = {'pgd': dict(epsilon=0.1, num_steps=2),
+        'apgd': dict(epsilon=0.1, num_steps=2),
+        'fgsm': dict(epsilon=0.1),
+        'wrm': dict(gamma=1.0, num_steps=1)}[name]
+  fn = getattr(attacks, name)
+  key = jax.random.PRNGKey(0)
+  for bad, value in ((5, 5), (-1, -1)):
+    y = TINY_Y.at[3].set(bad)
+    with pytest.raises(ValueError,
+                       match=rf'y\[3\]={value} .*accepted range: \[0, 5\)'):
+      fn(TINY_FN, TINY_X, y, key, **kw)
+  # Under tracing the labels are unknown: no check, no error.
+  jax.jit(lambda y: fn(TINY_FN, TINY_X, y, key, **kw))(TINY_Y.at[3].set(5))
+
+
+@pytest.mark.parametrize('name', ['pgd', 'apgd', 'fgsm', 'wrm'])
+def test_empty_batch_is_rejected(name):
+  kw = {'pgd': dict(epsilon=0.1, num_steps=2),
+        'apgd': dict(epsilon=0.1, num_steps=2),
+        'fgsm': dict(epsilon=0.1),
+        'wrm': dict(gamma=1.0, num_steps=1)}[name]
+  with pytest.raises(ValueError, match=r'empty batch.*at least 1'):
+    getattr(attacks, name)(TINY_FN, TINY_X[:0], TINY_Y[:0],
+                           jax.random.PRNGKey(0), **kw)
+
+
+def test_robust_accuracy_skips_empty_batches():
+  suite = {'pgd': ATTACKS['pgd']}
+  key = jax.random.PRNGKey(0)
+  full = attacks.robust_accuracy(TINY_FN, [(TINY_X, TINY_Y)], suite, key)
+  with_empty = attacks.robust_accuracy(
+      TINY_FN, [(TINY_X, TINY_Y), (TINY_X[:0], TINY_Y[:0])], suite, key)
+  assert with_empty == full

@@ -73,25 +73,24 @@ def _interval_lengths(num_steps: int) -> np.ndarray:
   return lengths
 
 
-def _apgd_core(logits_fn, x, y, key, epsilon, *, num_steps, norm, loss,
-               bounds, rho, momentum, targeted, random_start,
-               prefer_misclassified):
-  """Jitted body of :func:`apgd`; see there."""
-  epsilon = jnp.asarray(epsilon, x.dtype)
-  loss_fn = _losses.LOSSES[loss]
+def _apgd_run(logits_fn, x, key, epsilon, objective, success, *, num_steps,
+              norm, bounds, rho, momentum, random_start):
+  """One APGD run (Algorithm 1) on a per-example ``objective(logits)``.
 
+  Returns:
+    ``(x_max, f_max, s_max, x_found, f_found, found)``: the highest-objective
+    iterate, its objective and success flag, and the last iterate that
+    succeeded (``success(logits)``), its objective and whether there is one.
+  """
   def evaluate(x_adv):
     """Per-example objective, its gradient and whether the attack succeeded."""
     def total(x_adv):
       logits = logits_fn(x_adv)
-      value = loss_fn(logits, y)
-      value = -value if targeted else value
+      value = objective(logits)
       return jnp.sum(value), (value, logits)
 
     (_, (value, logits)), grad = jax.value_and_grad(total, has_aux=True)(x_adv)
-    pred = jnp.argmax(logits, axis=-1)
-    success = (pred == y) if targeted else (pred != y)
-    return value, grad, success
+    return value, grad, success(logits)
 
   def ex(s):
     return _common.expand(s, x)
@@ -112,25 +111,29 @@ def _apgd_core(logits_fn, x, y, key, epsilon, *, num_steps, norm, loss,
   x_max = jnp.where(ex(first_better), x1, x0)
   g_max = jnp.where(ex(first_better), g1, g0)
   f_max = jnp.maximum(f0, f1)
+  s_max = jnp.where(first_better, s1, s0)
   x_found = jnp.where(ex(s1), x1, x0)
+  f_found = jnp.where(s1, f1, f0)
   found = s0 | s1
 
   lengths = jnp.asarray(_interval_lengths(num_steps))
 
   def body(k, carry):
-    (x_k, x_prev, g_k, f_k, x_max, g_max, f_max, eta, count, reduced_last,
-     f_max_last, x_found, found) = carry
+    (x_k, x_prev, g_k, f_k, x_max, g_max, f_max, s_max, eta, count,
+     reduced_last, f_max_last, x_found, f_found, found) = carry
     z = gradient_step(x_k, g_k, eta)
     x_new = _common.project(
         x_k + momentum * (z - x_k) + (1.0 - momentum) * (x_k - x_prev), x,
         epsilon, norm, bounds)
     f_new, g_new, s_new = evaluate(x_new)
     x_found = jnp.where(ex(s_new), x_new, x_found)
+    f_found = jnp.where(s_new, f_new, f_found)
     found = found | s_new
     better = f_new > f_max
     x_max = jnp.where(ex(better), x_new, x_max)
     g_max = jnp.where(ex(better), g_new, g_max)
     f_max = jnp.where(better, f_new, f_max)
+    s_max = jnp.where(better, s_new, s_max)
     # Checkpoint w_j: the interval length is > 0 exactly there.
     length = lengths[k]
     at_checkpoint = length > 0
@@ -144,17 +147,61 @@ def _apgd_core(logits_fn, x, y, key, epsilon, *, num_steps, norm, loss,
     count = jnp.where(at_checkpoint, 0, count) + (f_new > f_k)
     reduced_last = jnp.where(at_checkpoint, reduce, reduced_last)
     f_max_last = jnp.where(at_checkpoint, f_max, f_max_last)
-    return (x_new, x_k, g_new, f_new, x_max, g_max, f_max, eta, count,
-            reduced_last, f_max_last, x_found, found)
+    return (x_new, x_k, g_new, f_new, x_max, g_max, f_max, s_max, eta, count,
+            reduced_last, f_max_last, x_found, f_found, found)
 
-  carry = (x1, x0, g1, f1, x_max, g_max, f_max, eta,
+  carry = (x1, x0, g1, f1, x_max, g_max, f_max, s_max, eta,
            first_better.astype(jnp.int32), jnp.zeros(x.shape[:1], bool),
-           f_max, x_found, found)
+           f_max, x_found, f_found, found)
   carry = jax.lax.fori_loop(1, num_steps, body, carry)
-  x_max, x_found, found = carry[4], carry[11], carry[12]
-  if prefer_misclassified:
-    return jnp.where(ex(found), x_found, x_max)
-  return x_max
+  x_max, f_max, s_max = carry[4], carry[6], carry[7]
+  x_found, f_found, found = carry[12], carry[13], carry[14]
+  return x_max, f_max, s_max, x_found, f_found, found
+
+
+def _outcome(run, prefer_misclassified):
+  """``(x_adv, fooled, score)`` of one run for :func:`select_adversarial`."""
+  x_max, f_max, s_max, x_found, f_found, found = run
+  if not prefer_misclassified:
+    return x_max, s_max, f_max
+  return (jnp.where(_common.expand(found, x_max), x_found, x_max), found,
+          jnp.where(found, f_found, f_max))
+
+
+def _restart_key(key, r):
+  # Restart 0 uses ``key`` itself, so one restart is the plain run.
+  if isinstance(r, int) and r == 0:
+    return key
+  return jax.random.fold_in(key, r)
+
+
+def _apgd_core(logits_fn, x, y, key, epsilon, *, num_steps, norm, loss,
+               bounds, rho, momentum, targeted, random_start,
+               prefer_misclassified, num_restarts):
+  """Jitted body of :func:`apgd`; see there."""
+  epsilon = jnp.asarray(epsilon, x.dtype)
+  loss_fn = _losses.LOSSES[loss]
+
+  def objective(logits):
+    value = loss_fn(logits, y)
+    return -value if targeted else value
+
+  def success(logits):
+    return _common.fooled(logits, y, targeted)
+
+  def run(r):
+    return _outcome(
+        _apgd_run(logits_fn, x, _restart_key(key, r), epsilon, objective,
+                  success, num_steps=num_steps, norm=norm, bounds=bounds,
+                  rho=rho, momentum=momentum, random_start=random_start),
+        prefer_misclassified)
+
+  best = run(0)
+  if num_restarts > 1:
+    best = jax.lax.fori_loop(
+        1, num_restarts,
+        lambda r, best: _common.select_adversarial(best, run(r)), best)
+  return best[0]
 
 
 def apgd(
@@ -173,6 +220,7 @@ def apgd(
     targeted: bool = False,
     random_start: bool = True,
     prefer_misclassified: bool = True,
+    num_restarts: int = 1,
 ) -> jax.Array:
   r"""Auto-PGD (APGD) of Croce & Hein (2020), Algorithm 1.
 
@@ -205,14 +253,21 @@ def apgd(
       from ``y``; equals ``y`` when ``targeted``), return the last such
       iterate, as the authors' code does; otherwise, and always when False,
       return the highest-loss point ``x_max``.
+    num_restarts: independent runs, ``>= 1`` (restart ``r >= 1`` starts from
+      key ``jax.random.fold_in(key, r)``; restart 0 from ``key``). Each
+      example keeps a run that fooled the model (reached the target when
+      ``targeted``) if any did, and among those the highest objective; the
+      reference implementation's standard AutoAttack uses 1.
 
   Returns:
     ``x_adv`` with the shape and dtype of ``x``.
 
   Raises:
-    ValueError: negative ``epsilon``, ``num_steps < 1``, unknown ``norm`` or
-      ``loss``, ``rho`` or ``momentum`` outside ``[0, 1]``, ``x`` outside
-      ``bounds`` (when concrete), mismatched batch sizes or a missing ``key``.
+    ValueError: negative ``epsilon``, ``num_steps < 1``, ``num_restarts <
+      1``, unknown ``norm`` or ``loss``, ``rho`` or ``momentum`` outside
+      ``[0, 1]``, ``x`` outside ``bounds`` or a label outside ``[0, K)``
+      (when concrete), an empty batch, mismatched batch sizes or a missing
+      ``key``.
 
   References:
     Croce & Hein, Reliable evaluation of adversarial robustness with an
@@ -220,16 +275,24 @@ def apgd(
     https://arxiv.org/abs/2003.01690
   """
   bounds = _common.check_attack_args(x, y, bounds=bounds, epsilon=epsilon,
-                                     num_steps=num_steps, norm=norm)
+                                     num_steps=num_steps, norm=norm,
+                                     logits_fn=logits_fn)
   _common.check_loss(loss, targeted)
-  for name, value in (('rho', rho), ('momentum', momentum)):
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-      raise ValueError(f'{name}={value!r}; accepted range: [0, 1].')
+  _common.check_int('num_restarts', num_restarts, 1)
+  _check_unit('rho', rho)
+  _check_unit('momentum', momentum)
   key = _common.check_key(key, random_start)
   return _common.run_jitted(
       _apgd_core, logits_fn, (x, y, key, epsilon),
       dict(num_steps=num_steps, norm=norm, loss=loss, bounds=bounds,
            rho=float(rho), momentum=float(momentum), targeted=bool(targeted),
            random_start=bool(random_start),
-           prefer_misclassified=bool(prefer_misclassified)))
+           prefer_misclassified=bool(prefer_misclassified),
+           num_restarts=num_restarts))
+
+
+def _check_unit(name, value):
+  if isinstance(value, bool) or not (
+      isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+    raise ValueError(f'{name}={value!r}; accepted range: [0, 1].')
 

@@ -104,13 +104,19 @@ def check_batch(x: Any, y: Any, bounds: tuple[float, float]) -> None:
   if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
     raise ValueError(f'y has dtype {jnp.result_type(y)}; accepted: integer '
                      'class labels.')
-  if isinstance(x, jax.core.Tracer) or x_shape[0] == 0:
+  if x_shape[0] == 0:
+    raise ValueError(f'x has shape {x_shape}, an empty batch; accepted: a '
+                     'batch of at least 1 example.')
+  if isinstance(x, jax.core.Tracer):
     return
   lo, hi = bounds
   if isinstance(x, np.ndarray):
     x_min, x_max = float(np.min(x)), float(np.max(x))
   else:
-    x_min, x_max = (float(v) for v in jax.device_get(_min_max(x)))
+    try:
+      x_min, x_max = (float(v) for v in jax.device_get(_min_max(x)))
+    except jax.errors.ConcretizationTypeError:
+      return  # A concrete x closed over inside a jitted caller.
   if not (x_min >= lo and x_max <= hi):
     raise ValueError(f'x has values in [{x_min}, {x_max}]; accepted range: '
                      f'bounds={list(bounds)} (normalisation belongs inside '
@@ -122,9 +128,43 @@ def _min_max(x):
   return jnp.min(x), jnp.max(x)
 
 
+def num_classes_of(logits_fn: Callable[..., Any], x: Any) -> int:
+  """The logits' width ``K``, from one abstract evaluation of ``logits_fn``."""
+  spec = jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+  # Through jit's trace cache: repeated calls do not trace logits_fn again.
+  out = _dispatch(logits_fn, _jit_static_apply, _jit_pytree_apply).eval_shape(
+      logits_fn, spec)
+  if len(out.shape) != 2 or out.shape[0] != np.shape(x)[0]:
+    raise ValueError(f'logits_fn returns shape {out.shape} for x of shape '
+                     f'{np.shape(x)}; accepted: ({np.shape(x)[0]}, K).')
+  return int(out.shape[-1])
+
+
+def check_labels(logits_fn: Callable[..., Any], x: Any, y: Any) -> None:
+  """Raises if concrete labels ``y`` fall outside ``[0, K)``.
+
+  ``K`` comes from :func:`num_classes_of`. Skipped while ``y`` is traced
+  (e.g. inside a jitted caller), where its values are unknown.
+  """
+  labels = concrete_or_none(y)
+  if labels is None or labels.size == 0:
+    return
+  k = num_classes_of(logits_fn, x)
+  bad = (labels < 0) | (labels >= k)
+  if np.any(bad):
+    i = int(np.argmax(bad))
+    raise ValueError(f'y[{i}]={int(labels[i])} is not a class of logits_fn; '
+                     f'accepted range: [0, {k}) (logits_fn returns {k} '
+                     'logits).')
+
+
 def check_attack_args(x, y, *, bounds, epsilon=None, num_steps=None,
-                      norm=None) -> tuple[float, float]:
-  """Validates the arguments most attacks share; returns the bounds."""
+                      norm=None, logits_fn=None) -> tuple[float, float]:
+  """Validates the arguments most attacks share; returns the bounds.
+
+  With ``logits_fn`` given, concrete labels are also checked against the
+  number of classes (:func:`check_labels`).
+  """
   bounds = check_bounds(bounds)
   if epsilon is not None:
     check_nonnegative('epsilon', epsilon)
@@ -133,7 +173,53 @@ def check_attack_args(x, y, *, bounds, epsilon=None, num_steps=None,
   if norm is not None:
     check_choice('norm', norm, NORMS)
   check_batch(x, y, bounds)
+  if logits_fn is not None:
+    check_labels(logits_fn, x, y)
   return bounds
+
+
+# --------------------------------------------------------------------------
+# Combining several runs (restarts, targets, attacks) per example.
+# --------------------------------------------------------------------------
+
+
+def fooled(logits: jax.Array, y: jax.Array, targeted: bool) -> jax.Array:
+  """``(B,)`` bool: the attack succeeded on each example.
+
+  Untargeted: the prediction differs from ``y``; targeted: it equals ``y``
+  (the target labels).
+  """
+  pred = jnp.argmax(logits, axis=-1)
+  return (pred == y) if targeted else (pred != y)
+
+
+def select_adversarial(
+    best: tuple[jax.Array, jax.Array, jax.Array],
+    candidate: tuple[jax.Array, jax.Array, jax.Array],
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Keeps, per example, the better of two attack outcomes.
+
+  An outcome is ``(x_adv, fooled, score)`` with ``fooled`` a ``(B,)`` bool
+  (the attack succeeded) and ``score`` a ``(B,)`` float that the attack
+  maximises. An outcome that fools the model beats one that does not; among
+  outcomes that agree on ``fooled``, the higher ``score`` wins (ties keep
+  ``best``). Ranking by the score alone would be wrong: a point can have a
+  higher loss than another yet still be classified correctly, and keeping it
+  would over-report robustness.
+
+  Args:
+    best: the outcome kept so far (``score`` may be ``-inf`` initially).
+    candidate: a new outcome of the same shapes.
+
+  Returns:
+    The per-example better outcome, ``(x_adv, fooled, score)``.
+  """
+  x_best, f_best, s_best = best
+  x_new, f_new, s_new = candidate
+  take = (f_new & ~f_best) | ((f_new == f_best) & (s_new > s_best))
+  return (jnp.where(expand(take, x_best), x_new, x_best),
+          f_best | f_new,
+          jnp.where(take, s_new, s_best))
 
 
 # --------------------------------------------------------------------------
@@ -151,16 +237,24 @@ def _jit_pytree_fn(core, logits_fn, arrays, config):
   return core(logits_fn, *arrays, **dict(config))
 
 
-def run_jitted(core: Callable[..., Any], logits_fn: Callable[..., Any],
-               arrays: tuple[Any, ...], config: dict[str, Any]) -> Any:
-  """Calls ``core(logits_fn, *arrays, **config)`` under ``jax.jit``.
+@functools.partial(jax.jit, static_argnames=('logits_fn',))
+def _jit_static_apply(logits_fn, x):
+  return logits_fn(x)
 
-  ``config`` values are static (hashable); ``arrays`` are traced. See the
-  module docstring for how ``logits_fn`` is treated.
+
+@jax.jit
+def _jit_pytree_apply(logits_fn, x):
+  return logits_fn(x)
+
+
+def _dispatch(logits_fn, static_fn, pytree_fn):
+  """``pytree_fn`` for a :class:`jax.tree_util.Partial`, else ``static_fn``.
+
+  Raises:
+    ValueError: ``logits_fn`` is not a hashable callable.
   """
-  config = tuple(sorted(config.items()))
   if isinstance(logits_fn, jax.tree_util.Partial):
-    return _jit_pytree_fn(core, logits_fn, arrays, config)
+    return pytree_fn
   if not callable(logits_fn):
     raise ValueError(f'logits_fn={logits_fn!r}; accepted: a callable '
                      'x -> logits.')
@@ -171,7 +265,19 @@ def run_jitted(core: Callable[..., Any], logits_fn: Callable[..., Any],
         f'logits_fn of type {type(logits_fn).__name__} is not hashable; '
         'accepted: a hashable callable (e.g. a closure or function) or a '
         'jax.tree_util.Partial(apply_fn, variables).') from None
-  return _jit_static_fn(core, logits_fn, arrays, config)
+  return static_fn
+
+
+def run_jitted(core: Callable[..., Any], logits_fn: Callable[..., Any],
+               arrays: tuple[Any, ...], config: dict[str, Any]) -> Any:
+  """Calls ``core(logits_fn, *arrays, **config)`` under ``jax.jit``.
+
+  ``config`` values are static (hashable); ``arrays`` are traced. See the
+  module docstring for how ``logits_fn`` is treated.
+  """
+  config = tuple(sorted(config.items()))
+  return _dispatch(logits_fn, _jit_static_fn, _jit_pytree_fn)(
+      core, logits_fn, arrays, config)
 
 
 # --------------------------------------------------------------------------

@@ -8,8 +8,10 @@ ball) repeats ``num_steps`` times::
   x' = clip(P_ball(x'), bounds)
 
 With ``num_restarts > 1`` each restart ``r`` starts from its own sample (key
-``jax.random.fold_in(key, r)``) and every example keeps the restart with the
-highest final loss (the lowest for a targeted attack), never an average.
+``jax.random.fold_in(key, r)``) and every example keeps one restart, never an
+average: a restart that fools the model (for a targeted attack: reaches the
+target) if any does, and among those (or, when none does, among all) the one
+with the highest final objective (:func:`_common.select_adversarial`).
 
 The reference ATMC code (``pgd_gt``) is deterministic BIM: its random start is
 a no-op and its step is ``1.25 * epsilon / num_steps``. Reproduce it with
@@ -69,16 +71,18 @@ def _pgd_core(logits_fn, x, y, key, epsilon, step_size, *, num_steps, norm,
 
   if num_restarts == 1:
     return single_run(jax.random.fold_in(key, 0))
+  loss_fn = _losses.LOSSES[loss]
 
-  def restart(r, carry):
-    best_x, best_obj = carry
+  def restart(r, best):
     x_adv = single_run(jax.random.fold_in(key, r))
-    obj = objective(x_adv)
-    better = obj > best_obj
-    return (jnp.where(_common.expand(better, x), x_adv, best_x),
-            jnp.where(better, obj, best_obj))
+    logits = logits_fn(x_adv)
+    value = loss_fn(logits, y)
+    score = -value if targeted else value
+    return _common.select_adversarial(
+        best, (x_adv, _common.fooled(logits, y, targeted), score))
 
-  init = (x, jnp.full(x.shape[:1], -jnp.inf, jnp.float32))
+  init = (x, jnp.zeros(x.shape[:1], bool),
+          jnp.full(x.shape[:1], -jnp.inf, jnp.float32))
   return jax.lax.fori_loop(0, num_restarts, restart, init)[0]
 
 
@@ -134,8 +138,10 @@ def pgd(
     norm: ``'linf'`` or ``'l2'``.
     random_start: start from a uniform sample of the ball (L-inf: uniform per
       coordinate; L2: uniform in volume) instead of ``x``.
-    num_restarts: independent runs, ``>= 1``; each example keeps its worst
-      case (highest loss; lowest loss toward the target when ``targeted``).
+    num_restarts: independent runs, ``>= 1``; each example keeps a run that
+      fools the model (reaches the target when ``targeted``) if any does,
+      and among those the highest objective (loss; minus the loss toward the
+      target when ``targeted``).
     bounds: valid input range ``(lo, hi)``.
     loss: ``'ce'`` (cross-entropy), ``'margin'`` (Carlini-Wagner logit margin
       ``max_{j != y} z_j - z_y``) or ``'dlr'`` (untargeted only).
@@ -148,15 +154,17 @@ def pgd(
   Raises:
     ValueError: negative ``epsilon`` or ``step_size``, ``num_steps < 1``,
       ``num_restarts < 1``, unknown ``norm`` or ``loss``, ``x`` outside
-      ``bounds`` (checked when ``x`` is concrete), mismatched batch sizes, or
-      a missing ``key`` when one is needed.
+      ``bounds`` or a label outside ``[0, K)`` (both checked when concrete),
+      an empty batch, mismatched batch sizes, or a missing ``key`` when one
+      is needed.
 
   References:
     Madry et al., Towards Deep Learning Models Resistant to Adversarial
     Attacks, ICLR 2018. https://arxiv.org/abs/1706.06083
   """
   bounds = _common.check_attack_args(x, y, bounds=bounds, epsilon=epsilon,
-                                     num_steps=num_steps, norm=norm)
+                                     num_steps=num_steps, norm=norm,
+                                     logits_fn=logits_fn)
   _common.check_int('num_restarts', num_restarts, 1)
   _common.check_loss(loss, targeted)
   if step_size is None:

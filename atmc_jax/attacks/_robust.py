@@ -98,6 +98,8 @@ def robust_accuracy(
     if np.shape(x)[:1] != np.shape(y)[:1]:
       raise ValueError(f'batch {b}: x has shape {np.shape(x)} and y '
                        f'{np.shape(y)}; accepted: equal batch sizes.')
+    if np.shape(y)[0] == 0:
+      continue
     robust = _correct(logits_fn, x, y)
     counts['clean'] += int(robust.sum())
     for name, attack in attacks.items():

@@ -60,10 +60,12 @@ def fgsm(
 
   Raises:
     ValueError: negative ``epsilon``, unknown ``loss``, ``x`` outside
-      ``bounds`` (when concrete) or mismatched batch sizes.
+      ``bounds`` or a label outside ``[0, K)`` (when concrete), an empty
+      batch or mismatched batch sizes.
   """
   del key
-  bounds = _common.check_attack_args(x, y, bounds=bounds, epsilon=epsilon)
+  bounds = _common.check_attack_args(x, y, bounds=bounds, epsilon=epsilon,
+                                     logits_fn=logits_fn)
   _common.check_loss(loss, targeted)
   return _common.run_jitted(
       _fgsm_core, logits_fn, (x, y, epsilon),
@@ -127,7 +129,8 @@ def wrm(
 
   Raises:
     ValueError: negative ``gamma``, ``num_steps < 1``, ``x`` outside
-      ``bounds`` (when concrete) or mismatched batch sizes.
+      ``bounds`` or a label outside ``[0, K)`` (when concrete), an empty
+      batch or mismatched batch sizes.
 
   References:
     Sinha, Namkoong, Duchi, Certifying Some Distributional Robustness with
@@ -136,7 +139,7 @@ def wrm(
   """
   del key
   bounds = _common.check_attack_args(x, y, bounds=bounds,
-                                     num_steps=num_steps)
+                                     num_steps=num_steps, logits_fn=logits_fn)
   _common.check_nonnegative('gamma', gamma)
   return _common.run_jitted(_wrm_core, logits_fn, (x, y, gamma),
                             dict(num_steps=num_steps, bounds=bounds))
