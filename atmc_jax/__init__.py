@@ -20,6 +20,7 @@ from atmc_jax import optim
 from atmc_jax import projections
 from atmc_jax import training
 from atmc_jax.attacks import apgd
+from atmc_jax.attacks import autoattack
 from atmc_jax.attacks import fgsm
 from atmc_jax.attacks import pgd
 from atmc_jax.attacks import robust_accuracy

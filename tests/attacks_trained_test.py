@@ -163,3 +163,22 @@ def test_trained_robust_accuracy_worst_case(trained):
   assert result['fgsm'] == pytest.approx(
       _acc(fn, attacks.fgsm(fn, x, y, epsilon=TRAINED_EPS), y))
   assert 0.0 < result['pgd'] < result['clean']
+
+
+def test_trained_autoattack_is_the_strongest(trained):
+  """Standard AutoAttack <= min(PGD-20, APGD-CE); APGD-T <= APGD-CE."""
+  fn, x, y = trained
+  x, y = x[:64], y[:64]
+  key = jax.random.PRNGKey(0)
+  res = attacks.autoattack(fn, x, y, key, epsilon=TRAINED_EPS)
+  _assert_in_box(res.x_adv)
+  _assert_in_linf_ball(res.x_adv, x, TRAINED_EPS)
+  assert res.accuracy['autoattack'] == pytest.approx(_acc(fn, res.x_adv, y))
+  x_pgd20 = attacks.pgd(fn, x, y, key, epsilon=TRAINED_EPS, num_steps=20)
+  x_ce = attacks.apgd(fn, x, y, key, epsilon=TRAINED_EPS, num_steps=100)
+  x_t = attacks.apgd_targeted(fn, x, y, key, epsilon=TRAINED_EPS)
+  _assert_in_linf_ball(x_t, x, TRAINED_EPS)
+  acc_pgd20, acc_ce = _acc(fn, x_pgd20, y), _acc(fn, x_ce, y)
+  assert res.accuracy['autoattack'] <= min(acc_pgd20, acc_ce)
+  assert res.accuracy['autoattack'] < res.accuracy['clean']
+  assert _acc(fn, x_t, y) <= acc_ce

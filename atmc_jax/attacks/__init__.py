@@ -8,8 +8,16 @@ normalisation belongs inside ``logits_fn``.
 
 from atmc_jax.attacks._apgd import apgd
 from atmc_jax.attacks._apgd import apgd_checkpoints
+from atmc_jax.attacks._apgd import apgd_targeted
+from atmc_jax.attacks._autoattack import ATTACK_NAMES
+from atmc_jax.attacks._autoattack import AutoAttackResult
+from atmc_jax.attacks._autoattack import autoattack
+from atmc_jax.attacks._autoattack import STANDARD_ATTACKS
+from atmc_jax.attacks._autoattack import standard_attacks
+from atmc_jax.attacks._fab import fab
 from atmc_jax.attacks._losses import cross_entropy
 from atmc_jax.attacks._losses import dlr_loss
+from atmc_jax.attacks._losses import dlr_targeted_loss
 from atmc_jax.attacks._losses import margin_loss
 from atmc_jax.attacks._pgd import default_step_size
 from atmc_jax.attacks._pgd import pgd
@@ -20,3 +28,4 @@ from atmc_jax.attacks._robust import paper_attack_suite
 from atmc_jax.attacks._robust import robust_accuracy
 from atmc_jax.attacks._simple import fgsm
 from atmc_jax.attacks._simple import wrm
+from atmc_jax.attacks._square import square

@@ -204,6 +204,42 @@ def _apgd_core(logits_fn, x, y, key, epsilon, *, num_steps, norm, loss,
   return best[0]
 
 
+def _apgd_targeted_core(logits_fn, x, y, key, epsilon, *, num_steps, norm,
+                        bounds, rho, momentum, random_start, num_targets):
+  """Jitted body of :func:`apgd_targeted`; see there."""
+  epsilon = jnp.asarray(epsilon, x.dtype)
+  clean = logits_fn(x).astype(jnp.float32)
+  onehot = jax.nn.one_hot(y, clean.shape[-1], dtype=bool)
+  # The true class ranks last; the rest by decreasing clean logit.
+  targets = jax.lax.top_k(jnp.where(onehot, -jnp.inf, clean), num_targets)[1]
+
+  def success(logits):
+    return _common.fooled(logits, y, False)
+
+  def attack_target(i, best):
+    target = targets[:, i]
+
+    def objective(logits):
+      return _losses.dlr_targeted_loss(logits, y, target)
+
+    def run(_):
+      run_ = _apgd_run(logits_fn, x, jax.random.fold_in(key, i), epsilon,
+                       objective, success, num_steps=num_steps, norm=norm,
+                       bounds=bounds, rho=rho, momentum=momentum,
+                       random_start=random_start)
+      x_adv = _outcome(run_, True)[0]
+      logits = logits_fn(x_adv)
+      # The untargeted margin ranks runs toward different targets.
+      return _common.select_adversarial(
+          best, (x_adv, success(logits), _losses.margin_loss(logits, y)))
+
+    # Skip the run once every example is fooled.
+    return jax.lax.cond(jnp.all(best[1]), lambda _: best, run, None)
+
+  best = (x, success(clean), _losses.margin_loss(clean, y))
+  return jax.lax.fori_loop(0, num_targets, attack_target, best)[0]
+
+
 def apgd(
     logits_fn: base.LogitsFn,
     x: jax.Array,
@@ -295,4 +331,83 @@ def _check_unit(name, value):
   if isinstance(value, bool) or not (
       isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
     raise ValueError(f'{name}={value!r}; accepted range: [0, 1].')
+
+
+def apgd_targeted(
+    logits_fn: base.LogitsFn,
+    x: jax.Array,
+    y: jax.Array,
+    key: Optional[jax.Array],
+    *,
+    epsilon: float,
+    num_steps: int = 100,
+    num_targets: int = 9,
+    norm: str = 'linf',
+    bounds: tuple[float, float] = (0.0, 1.0),
+    rho: float = 0.75,
+    momentum: float = 0.75,
+    random_start: bool = True,
+) -> jax.Array:
+  r"""APGD-T: Auto-PGD on the targeted DLR loss, one run per target class.
+
+  The targets of an example are the ``min(num_targets, K - 1)`` classes other
+  than ``y`` with the highest *clean* logits, in decreasing order. For each
+  target ``t`` an APGD run (this module's Algorithm 1, ``num_steps``
+  iterations, its own random start from ``jax.random.fold_in(key, i)``)
+  maximises the targeted DLR loss (:func:`dlr_targeted_loss`)
+
+  .. math::
+    -\frac{z_y - z_t}{z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2 + 10^{-12}},
+
+  and succeeds when the prediction leaves ``y`` (any wrong class). Each
+  example keeps a run that fooled the model if any did (the last fooling
+  iterate of that run), otherwise the run with the highest untargeted margin
+  :func:`margin_loss`. Once every example is fooled the remaining targets
+  are skipped. The standard AutoAttack uses 9 targets, 100 iterations and 1
+  restart per target (``APGDAttack_targeted``, ``n_target_classes=9``).
+
+  Args:
+    logits_fn: ``x -> logits`` of shape ``(B, K)``, ``K >= 4``; see
+      :func:`pgd`.
+    x: clean inputs with a leading batch axis, values in ``bounds``.
+    y: ``(B,)`` integer true labels.
+    key: PRNG key for the random starts (None allowed when
+      ``random_start=False``).
+    epsilon: ball radius, ``>= 0``.
+    num_steps: APGD iterations per target, ``>= 1``.
+    num_targets: target classes per example, ``>= 1`` (capped at ``K - 1``).
+    norm: ``'linf'`` or ``'l2'``.
+    bounds: valid input range ``(lo, hi)``.
+    rho: APGD's condition-1 threshold, in ``[0, 1]``.
+    momentum: APGD's momentum, in ``[0, 1]``.
+    random_start: start every run from a uniform sample of the ball.
+
+  Returns:
+    ``x_adv`` with the shape and dtype of ``x``.
+
+  Raises:
+    ValueError: as :func:`apgd`, plus ``num_targets < 1`` or fewer than 4
+      classes.
+
+  References:
+    Croce & Hein, Reliable evaluation of adversarial robustness with an
+    ensemble of diverse parameter-free attacks, ICML 2020.
+    https://arxiv.org/abs/2003.01690
+  """
+  bounds = _common.check_attack_args(x, y, bounds=bounds, epsilon=epsilon,
+                                     num_steps=num_steps, norm=norm,
+                                     logits_fn=logits_fn)
+  _common.check_int('num_targets', num_targets, 1)
+  _check_unit('rho', rho)
+  _check_unit('momentum', momentum)
+  num_classes = _common.num_classes_of(logits_fn, x)
+  if num_classes < 4:
+    raise ValueError(f'APGD-T needs at least 4 classes (targeted DLR loss), '
+                     f'logits_fn returns {num_classes}; accepted: >= 4.')
+  key = _common.check_key(key, random_start)
+  return _common.run_jitted(
+      _apgd_targeted_core, logits_fn, (x, y, key, epsilon),
+      dict(num_steps=num_steps, norm=norm, bounds=bounds, rho=float(rho),
+           momentum=float(momentum), random_start=bool(random_start),
+           num_targets=min(num_targets, num_classes - 1)))
 

@@ -80,6 +80,39 @@ def dlr_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return margin_loss(z, labels) / (top[:, 0] - top[:, 2] + 1e-12)
 
 
+def dlr_targeted_loss(logits: jax.Array, labels: jax.Array,
+                      targets: jax.Array) -> jax.Array:
+  r"""Targeted Difference of Logits Ratio (Croce & Hein, 2020), maximised.
+
+  Positive iff the target logit exceeds the true one; shift- and
+  scale-invariant in the logits (:math:`\pi` sorts them decreasingly).
+
+  .. math::
+    \mathrm{DLR}_T(z, y, t) = -\frac{z_y - z_t}
+        {z_{\pi_1} - (z_{\pi_3} + z_{\pi_4}) / 2 + 10^{-12}}
+
+  Args:
+    logits: ``(B, K)`` logits, ``K >= 4``.
+    labels: ``(B,)`` true labels in ``[0, K)``.
+    targets: ``(B,)`` target labels in ``[0, K)``.
+
+  Returns:
+    ``(B,)`` float32 losses.
+
+  Raises:
+    ValueError: fewer than 4 classes.
+  """
+  num_classes = logits.shape[-1]
+  if num_classes < 4:
+    raise ValueError(f'the targeted DLR loss needs at least 4 classes, got '
+                     f'{num_classes}; accepted: >= 4.')
+  z = logits.astype(jnp.float32)
+  top = jax.lax.top_k(z, 4)[0]
+  z_y = jnp.take_along_axis(z, labels[:, None], axis=-1)[:, 0]
+  z_t = jnp.take_along_axis(z, targets[:, None], axis=-1)[:, 0]
+  return -(z_y - z_t) / (top[:, 0] - 0.5 * (top[:, 2] + top[:, 3]) + 1e-12)
+
+
 LOSSES = {
     'ce': cross_entropy,
     'margin': margin_loss,
