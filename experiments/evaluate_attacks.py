@@ -20,14 +20,22 @@ A model whose strong-suite accuracy is more than ``--gap_threshold`` (default
 (``masking_suspected``): the paper's attack overestimates its robustness, a
 sign of gradient masking.
 
-Outputs in ``--workdir``: ``attacks.csv`` and ``attacks.md``; each stage's
-results are cached in ``<stage>/attacks.json`` (recomputed only when the
-attack settings change).
+``--suite autoattack`` instead measures, at the training epsilon, PGD-20
+(random start, step ``2.5 eps / 20``) and the standard AutoAttack (Croce &
+Hein, 2020: APGD-CE, APGD-T, FAB-T, Square; ``atmc_jax.attacks.autoattack``),
+and flags a model whose AutoAttack accuracy is more than ``--gap_threshold``
+below its PGD-20 accuracy.
+
+Outputs in ``--workdir``: ``attacks.csv`` and ``attacks.md`` (or
+``autoattack.csv`` and ``autoattack.md``); each stage's results are cached
+in ``<stage>/attacks.json`` (``<stage>/autoattack.json``), recomputed only
+when the settings change. The reports state the number of test examples and
+the wall time of every stage's evaluation.
 
 Usage::
 
   python -m experiments.evaluate_attacks --workdir runs/quick \
-      [--max_examples 1000] [--eps_scales 0.5,1,2]
+      [--max_examples 1000] [--eps_scales 0.5,1,2] [--suite autoattack]
 """
 
 import functools
@@ -45,6 +53,8 @@ from experiments import _report
 from experiments import reproduce
 
 ATTACKS_FILE = 'attacks.json'
+AUTOATTACK_FILE = 'autoattack.json'
+SUITES = ('paper', 'autoattack')
 
 
 def attack_settings(config, *, eps_scales: Sequence[float] = (0.5, 1.0, 2.0),
@@ -277,6 +287,7 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
                compression_ratio=res['compression_ratio'], ta=res['clean'])
     row.update({n: res[n] for n in names})
     row.update({k: res[k] for k in _report.ATTACK_TAIL_FIELDS})
+    row['wall_time_s'] = res['wall_time_s']
     logging.info('%s: clean %.3f, paper PGD %.3f, strong %.3f%s',
                  stage.name, res['clean'], res['paper_pgd'], res['strong'],
                  ' (masking suspected)' if res['masking_suspected'] else '')
@@ -292,9 +303,236 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
       'training epsilon.',
       f'strong suite: per-example worst case of {names[-2]} (random '
       f'restarts) and APGD-CE ({settings["apgd_steps"]} steps).',
+      'wall time of each evaluation: ' + ', '.join(
+          f'{_stage_label(r)} {r["wall_time_s"]:.1f} s' for r in rows) + '.',
   ]
   with open(os.path.join(workdir, 'attacks.md'), 'w') as f:
     f.write(_report.attacks_markdown(rows, names, gap_threshold, notes))
+  return rows
+
+
+def _stage_label(row: Mapping[str, Any]) -> str:
+  p = row.get('p')
+  return _report.method_label(row['method']) + (
+      '' if p is None else f' (p = {p:g})')
+
+
+# ---------------------------------------------------------------------------
+# --suite autoattack: PGD-20 beside the standard AutoAttack.
+# ---------------------------------------------------------------------------
+
+
+def autoattack_settings(config, *, pgd_steps: int = 20, num_steps: int = 100,
+                        num_targets: int = 9,
+                        num_queries: int = 5000) -> dict[str, Any]:
+  """The (JSON-able) settings of the AutoAttack suite for a stage's config.
+
+  Args:
+    config: the stage's training config (``train_attack``, ``eval.attack``).
+    pgd_steps: steps of the PGD baseline (random start, default step).
+    num_steps: APGD / FAB iterations of AutoAttack (standard: 100).
+    num_targets: APGD-T / FAB-T target classes (standard: 9).
+    num_queries: Square queries (standard: 5000).
+
+  Returns:
+    A dict (the cache key of ``autoattack.json``); ``version`` is
+    ``"standard"`` only with the standard iterations, else ``"reduced"``.
+  """
+  standard = (num_steps, num_targets, num_queries) == (100, 9, 5000)
+  return dict(epsilon=float(config.train_attack.epsilon),
+              norm=str(config.eval.attack.norm), pgd_steps=int(pgd_steps),
+              num_steps=int(num_steps), num_targets=int(num_targets),
+              num_queries=int(num_queries),
+              version='standard' if standard else 'reduced')
+
+
+def autoattack_names(settings: Mapping[str, Any]) -> list[str]:
+  """The columns of the AutoAttack report, in order."""
+  from atmc_jax import attacks  # pylint: disable=g-import-not-at-top
+  return ([f'pgd{settings["pgd_steps"]}'] +
+          [_after(n) for n in attacks.STANDARD_ATTACKS] + ['autoattack'])
+
+
+def _after(attack: str) -> str:
+  return 'after_' + attack.replace('-', '_')
+
+
+def evaluate_autoattack_stage(stage_dir: str, settings_kw: Mapping[str, Any],
+                              *, max_examples: Optional[int],
+                              batch_size: int, seed: int,
+                              gap_threshold: float) -> dict[str, Any]:
+  """PGD-20 and AutoAttack on one stage's deployable model (cached).
+
+  Returns:
+    A dict with ``clean``, the PGD column, ``after_<attack>`` (accuracy
+    after AutoAttack's attacks up to that one), ``autoattack``, ``gap``
+    (PGD minus AutoAttack accuracy), ``masking_suspected``,
+    ``num_examples``, the wall times ``pgd_wall_time_s``,
+    ``autoattack_wall_time_s`` and ``wall_time_s`` (the whole stage),
+    ``settings`` and ``compression_ratio``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from atmc_jax import attacks  # pylint: disable=g-import-not-at-top
+
+  config = reproduce.read_stage_config(stage_dir)
+  settings = autoattack_settings(config, **settings_kw)
+  key_info = dict(settings=settings, max_examples=max_examples, seed=seed)
+  cache = os.path.join(stage_dir, AUTOATTACK_FILE)
+  if os.path.exists(cache):
+    with open(cache) as f:
+      cached = json.load(f)
+    if all(cached.get(k) == v for k, v in key_info.items()):
+      cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
+      return cached
+  start = time.time()
+  dep = reproduce.load_deployable(stage_dir)
+  logits_fn = dep.logits_fn()
+  images, labels = test_split(config, max_examples)
+  eps, norm = settings['epsilon'], settings['norm']
+  names = autoattack_names(settings)
+  pgd_name = names[0]
+  key = jax.random.PRNGKey(seed)
+  t0 = time.time()
+  pgd = functools.partial(attacks.pgd, epsilon=eps,
+                          num_steps=settings['pgd_steps'], norm=norm)
+  res_pgd = attacks.robust_accuracy(
+      logits_fn, _batches(images, labels, batch_size), {pgd_name: pgd}, key)
+  pgd_time = time.time() - t0
+  t0 = time.time()
+  counts = dict.fromkeys(names[1:], 0)
+  for b, (x, y) in enumerate(_batches(images, labels, batch_size)):
+    res = attacks.autoattack(
+        logits_fn, x, y, jax.random.fold_in(key, b), epsilon=eps, norm=norm,
+        num_steps=settings['num_steps'],
+        num_targets=settings['num_targets'],
+        num_queries=settings['num_queries'])
+    for attack in attacks.STANDARD_ATTACKS:
+      counts[_after(attack)] += res.accuracy[attack] * len(y)
+    counts['autoattack'] += int(res.robust.sum())
+  aa_time = time.time() - t0
+  n = int(len(labels))
+  out = dict(key_info)
+  out.update({name: c / n for name, c in counts.items()})
+  out.update(clean=res_pgd['clean'], num_examples=n,
+             compression_ratio=dep.size['compression_ratio'],
+             pgd_wall_time_s=pgd_time, autoattack_wall_time_s=aa_time,
+             wall_time_s=time.time() - start)
+  out[pgd_name] = res_pgd[pgd_name]
+  out['gap'] = out[pgd_name] - out['autoattack']
+  out['masking_suspected'] = bool(out['gap'] > gap_threshold)
+  with open(cache, 'w') as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
+AUTOATTACK_TAIL_FIELDS = ('gap', 'masking_suspected', 'num_examples',
+                          'pgd_wall_time_s', 'autoattack_wall_time_s')
+
+
+def autoattack_markdown(rows: Sequence[Mapping[str, Any]],
+                        names: Sequence[str], settings: Mapping[str, Any],
+                        gap_threshold: float) -> str:
+  """The AutoAttack report: accuracies, gap, flag, examples, wall times."""
+  pgd_name = names[0]
+  header = (['method', 'p', 'CR', 'clean'] + list(names) +
+            ['gap', 'masking?', 'examples', f'{pgd_name} time (s)',
+             'AutoAttack time (s)'])
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '|'.join(['---'] * len(header)) + '|']
+  flagged = []
+  for r in _report.sort_rows(rows):
+    if r['masking_suspected']:
+      flagged.append(_stage_label(r))
+    p = '' if r.get('p') is None else f'{r["p"]:g}'
+    lines.append('| ' + ' | '.join(
+        [_report.method_label(r['method']), p,
+         f'{r["compression_ratio"]:.3g}', f'{r["ta"]:.3f}'] +
+        [f'{r[n]:.3f}' for n in names] +
+        [f'{100 * r["gap"]:+.1f}',
+         '**yes**' if r['masking_suspected'] else 'no',
+         str(r['num_examples']), f'{r["pgd_wall_time_s"]:.1f}',
+         f'{r["autoattack_wall_time_s"]:.1f}']) + ' |')
+  lines += [
+      '',
+      f'gap = {pgd_name} accuracy − AutoAttack accuracy, in points; above '
+      f'{100 * gap_threshold:g} points the model is flagged as possibly '
+      'masking gradients (PGD overestimates its robustness).',
+  ]
+  if flagged:
+    lines += ['', 'Flagged: ' + ', '.join(flagged) + '.']
+  lines += [
+      '',
+      f'- {rows[0]["num_examples"]} test examples per model; epsilon '
+      f'{settings["epsilon"]:g} ({settings["norm"]}), the training epsilon.',
+      f'- {pgd_name}: {settings["pgd_steps"]}-step PGD, random start, step '
+      f'2.5 eps / {settings["pgd_steps"]}.',
+      f'- AutoAttack ({settings["version"]}): APGD-CE, APGD-T '
+      f'({settings["num_targets"]} targets), FAB-T ({settings["num_targets"]}'
+      f' targets), {settings["num_steps"]} iterations each (per target), '
+      f'Square ({settings["num_queries"]} queries); after_<attack> is the '
+      'accuracy after the attacks up to that one, run on the points still '
+      'robust.',
+  ]
+  return '\n'.join(lines) + '\n'
+
+
+def evaluate_autoattack(workdir: str, *,
+                        methods: Optional[Sequence[str]] = None,
+                        max_examples: Optional[int] = 1000,
+                        batch_size: int = 250, seed: int = 0,
+                        gap_threshold: float = 0.05,
+                        **settings_kw) -> list[dict[str, Any]]:
+  """PGD-20 and AutoAttack on every finished stage; writes the tables.
+
+  Args:
+    workdir: a ``experiments.reproduce`` workdir.
+    methods: only these method keys (default: all finished stages).
+    max_examples: the first this many test examples (None: all).
+    batch_size: attack batch size.
+    seed: PRNG seed.
+    gap_threshold: flag models with ``pgd20 - autoattack`` above this.
+    **settings_kw: forwarded to :func:`autoattack_settings`.
+
+  Returns:
+    The rows of ``autoattack.csv``.
+
+  Raises:
+    ValueError: no finished stage under ``workdir``, or bad settings.
+  """
+  if not 0.0 <= gap_threshold <= 1.0:
+    raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size}; accepted: >= 1.')
+  stages = finished_stages(workdir)
+  if methods:
+    methods = reproduce.parse_methods(methods)
+    stages = [s for s in stages if s[0].method in methods]
+  if not stages:
+    raise ValueError(f'{workdir!r} holds no finished stage'
+                     + (f' of methods {list(methods)}' if methods else '')
+                     + '; accepted: a workdir of experiments.reproduce.')
+  rows = []
+  for stage, stage_dir in stages:
+    res = evaluate_autoattack_stage(
+        stage_dir, settings_kw, max_examples=max_examples,
+        batch_size=batch_size, seed=seed, gap_threshold=gap_threshold)
+    names = autoattack_names(res['settings'])
+    config = reproduce.read_stage_config(stage_dir)
+    row = dict(dataset=config.dataset, method=stage.method, p=stage.p,
+               compression_ratio=res['compression_ratio'], ta=res['clean'])
+    row.update({n: res[n] for n in names})
+    row.update({k: res[k] for k in AUTOATTACK_TAIL_FIELDS})
+    logging.info('%s: clean %.3f, %s %.3f, AutoAttack %.3f (%d examples, '
+                 '%.1f s + %.1f s)%s', stage.name, res['clean'], names[0],
+                 res[names[0]], res['autoattack'], res['num_examples'],
+                 res['pgd_wall_time_s'], res['autoattack_wall_time_s'],
+                 ' (masking suspected)' if res['masking_suspected'] else '')
+    rows.append(row)
+  fields = (_report.ATTACK_BASE_FIELDS + tuple(names) +
+            AUTOATTACK_TAIL_FIELDS)
+  _report.write_csv(rows, os.path.join(workdir, 'autoattack.csv'), fields)
+  with open(os.path.join(workdir, 'autoattack.md'), 'w') as f:
+    f.write(autoattack_markdown(rows, names, res['settings'], gap_threshold))
   return rows
 
 
@@ -318,11 +556,24 @@ _STRONG_PGD_STEPS = flags.DEFINE_integer('strong_pgd_steps', 50,
 _STRONG_PGD_RESTARTS = flags.DEFINE_integer('strong_pgd_restarts', 5,
                                             'Strong PGD restarts.')
 _APGD_STEPS = flags.DEFINE_integer('apgd_steps', 100, 'APGD-CE steps.')
+_SUITE = flags.DEFINE_enum(
+    'suite', 'paper', SUITES,
+    'paper: the paper\'s attacks and the strong suite (attacks.md); '
+    'autoattack: PGD-20 beside the standard AutoAttack (autoattack.md).')
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _SUITE.value == 'autoattack':
+    evaluate_autoattack(
+        _WORKDIR.value, methods=_METHODS.value,
+        max_examples=_MAX_EXAMPLES.value or None,
+        batch_size=_BATCH_SIZE.value, seed=_SEED.value,
+        gap_threshold=_GAP.value)
+    with open(os.path.join(_WORKDIR.value, 'autoattack.md')) as f:
+      print(f.read())
+    return
   evaluate_attacks(
       _WORKDIR.value, methods=_METHODS.value,
       max_examples=_MAX_EXAMPLES.value or None,

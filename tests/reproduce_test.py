@@ -290,6 +290,27 @@ class ReportTest(absltest.TestCase):
                   '0.400 | +10.0 | **yes** |', md)
     self.assertIn('| DA |  | 1 | 0.900 |', md)
 
+  def test_autoattack_markdown_flags_and_states_examples_and_times(self):
+    settings = evaluate_attacks.autoattack_settings(
+        default.get_config(), pgd_steps=20)
+    self.assertEqual(settings['version'], 'standard')
+    names = evaluate_attacks.autoattack_names(settings)
+    self.assertEqual(names, ['pgd20', 'after_apgd_ce', 'after_apgd_t',
+                             'after_fab_t', 'after_square', 'autoattack'])
+    row = {'dataset': 'd', 'method': 'al0', 'p': 0.01,
+           'compression_ratio': 0.01, 'ta': 0.8, 'pgd20': 0.5,
+           'after_apgd_ce': 0.45, 'after_apgd_t': 0.43, 'after_fab_t': 0.43,
+           'after_square': 0.42, 'autoattack': 0.42, 'gap': 0.08,
+           'masking_suspected': True, 'num_examples': 1000,
+           'pgd_wall_time_s': 12.5, 'autoattack_wall_time_s': 301.0}
+    md = evaluate_attacks.autoattack_markdown([row], names, settings, 0.05)
+    self.assertIn('| AL0 | 0.01 | 0.01 | 0.800 | 0.500 | 0.450 | 0.430 | '
+                  '0.430 | 0.420 | 0.420 | +8.0 | **yes** | 1000 | 12.5 | '
+                  '301.0 |', md)
+    self.assertIn('Flagged: AL0 (p = 0.01).', md)
+    self.assertIn('1000 test examples', md)
+    self.assertIn('Square (5000 queries)', md)
+
 
 def _mini_grid():
   """DA and AL0 at p = 0.01: LeNet on 320 real Fashion-MNIST images."""
@@ -401,6 +422,38 @@ class EndToEndTest(absltest.TestCase):
       self.assertAlmostEqual(r['gap'], r['paper_pgd'] - r['strong'])
       self.assertEqual(r['masking_suspected'], r['gap'] > 0.05)
     self.assertTrue(os.path.exists(os.path.join(workdir, 'attacks.md')))
+    with open(os.path.join(workdir, 'attacks.md')) as f:
+      md = f.read()
+    self.assertIn('16 test examples', md)
+    self.assertRegex(md, r'wall time of each evaluation: DA [0-9.]+ s, '
+                     r'AL0 \(p = 0.01\) [0-9.]+ s\.')
+
+    # AutoAttack beside PGD-20 (tiny settings).
+    aa_kw = dict(max_examples=16, batch_size=8, pgd_steps=2, num_steps=2,
+                 num_targets=2, num_queries=3)
+    aa = evaluate_attacks.evaluate_autoattack(workdir, **aa_kw)
+    aa_names = ['pgd2', 'after_apgd_ce', 'after_apgd_t', 'after_fab_t',
+                'after_square', 'autoattack']
+    back = _report.read_csv(os.path.join(workdir, 'autoattack.csv'))
+    self.assertEqual([(r['method'], r['p']) for r in back],
+                     [('da', None), ('al0', 0.01)])
+    for row, r in zip(aa, back):
+      self.assertEqual(list(r)[5:11], aa_names)
+      accs = [r['ta']] + [r[n] for n in aa_names[1:]]
+      self.assertEqual(accs, sorted(accs, reverse=True))  # cumulative
+      self.assertBetween(r['pgd2'], 0.0, r['ta'])
+      self.assertAlmostEqual(r['gap'], r['pgd2'] - r['autoattack'])
+      self.assertEqual(r['masking_suspected'], r['gap'] > 0.05)
+      self.assertEqual(r['num_examples'], 16)
+      self.assertGreater(r['autoattack_wall_time_s'], 0.0)
+      self.assertAlmostEqual(r['autoattack'], row['autoattack'])
+    with open(os.path.join(workdir, 'autoattack.md')) as f:
+      md = f.read()
+    self.assertIn('16 test examples', md)
+    self.assertIn('AutoAttack (reduced)', md)
+    # Cached: a second call computes nothing and reports the same.
+    self.assertEqual(evaluate_attacks.evaluate_autoattack(workdir, **aa_kw),
+                     aa)
 
 
 if __name__ == '__main__':
