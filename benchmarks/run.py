@@ -15,7 +15,8 @@ ratios against the targets, notes).
 
 Names: ``lenet/{plain_step, pgd7_step, atmc32_step, atmc8_step_amortised,
 eval_pgd20, eval_pgd20_factorized}``, ``lenet/{plain_step,
-pgd7_step}/torch``, ``resnet34/{plain_step, pgd7_step, atmc32_step,
+pgd7_step}/torch``, ``lenet/autoattack/{apgd_ce, apgd_t, fab_t, square}``
+(``autoattack.py``), ``resnet34/{plain_step, pgd7_step, atmc32_step,
 atmc8_step_amortised, eval_pgd20, eval_pgd20_factorized}``,
 ``parallel/{single_step, pmap8_step}``, and whatever
 ``benchmarks/projections.py`` and ``benchmarks/models.py`` report
@@ -50,7 +51,8 @@ TARGET_PGD_VS_TORCH = 0.55
 TARGET_ATMC8_VS_REFERENCE = 0.3
 TARGET_FRACTION_OF_PEAK = 0.6
 
-EXTERNAL_MODULES = ('benchmarks.projections', 'benchmarks.models')
+EXTERNAL_MODULES = ('benchmarks.projections', 'benchmarks.models',
+                    'benchmarks.autoattack')
 
 
 class Suite:
@@ -426,7 +428,8 @@ def parse_args(argv):
   parser.add_argument('--no-torch', action='store_true')
   parser.add_argument('--no-parallel', action='store_true')
   parser.add_argument('--no-external', action='store_true',
-                      help='skip benchmarks/projections.py and models.py.')
+                      help='skip benchmarks/projections.py, models.py and '
+                      'autoattack.py.')
   return parser.parse_args(argv)
 
 

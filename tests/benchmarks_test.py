@@ -12,6 +12,7 @@ from absl.testing import absltest
 import jax
 
 from benchmarks import _timing
+from benchmarks import autoattack
 from benchmarks import flops
 from benchmarks import profile_step
 from benchmarks import run
@@ -222,6 +223,21 @@ class ProfileStepTest(absltest.TestCase):
         profile_step._parse(argv)
     self.assertEqual(profile_step._parse(['--attack-steps', '3']).attack_steps,
                      [3])
+
+
+class AutoAttackBenchmarkTest(absltest.TestCase):
+
+  def test_records_of_every_component(self):
+    out = autoattack.run(batch=4, num_steps=2, num_targets=2, num_queries=3)
+    self.assertIn('benchmarks.autoattack', ' '.join(out.pop('_notes')))
+    self.assertEqual(set(out), {f'lenet/autoattack/{c}'
+                                for c in autoattack.COMPONENTS})
+    for rec in out.values():
+      _check_record(self, rec)
+      self.assertEqual(rec['batch'], 4)
+      self.assertAlmostEqual(rec['examples_per_s'], 4 / rec['median_s'])
+      self.assertIn('reduced', rec['note'])
+    self.assertIn('benchmarks.autoattack', run.EXTERNAL_MODULES)
 
 
 if __name__ == '__main__':
