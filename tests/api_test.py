@@ -13,7 +13,9 @@ import pytest
 
 PUBLIC = {
     attacks: ['pgd', 'fgsm', 'wrm', 'apgd', 'robust_accuracy',
-              'reference_step_size', 'paper_attack_suite'],
+              'reference_step_size', 'paper_attack_suite', 'apgd_targeted',
+              'fab', 'square', 'autoattack', 'AutoAttackResult',
+              'standard_attacks', 'dlr_targeted_loss'],
     projections: ['project_l0', 'project_quantize', 'quantize_codebook',
                   'dequantize', 'project_low_rank', 'project_low_rank_global',
                   'low_rank_ranks', 'low_rank_factors', 'project_atmc'],
@@ -38,7 +40,8 @@ def test_public_names_exist(module):
 
 
 def test_top_level_reexports_are_the_same_objects():
-  for name in ['pgd', 'fgsm', 'wrm', 'apgd', 'robust_accuracy']:
+  for name in ['pgd', 'fgsm', 'wrm', 'apgd', 'robust_accuracy',
+               'autoattack']:
     assert getattr(atmc_jax, name) is getattr(attacks, name)
   for name in ['project_l0', 'project_quantize', 'project_atmc',
                'project_low_rank', 'project_low_rank_global',
