@@ -1,4 +1,4 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack (Croce & Hein, 2020), L-inf.
+"""FAB-T: targeted Fast Adaptive Boundary attack (Croce & Hein, 2020), L-inf.
 
 FAB looks for the *smallest* perturbation that changes the prediction. For a
 target class ``t`` it linearises ``f(x') = z_t(x') - z_y(x')`` at the iterate
