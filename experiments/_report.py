@@ -215,13 +215,19 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
 
 
 def plot_results(rows: Sequence[Mapping[str, Any]], path_stem: str,
-                 title: Optional[str] = None) -> list[str]:
+                 title: Optional[str] = None,
+                 reference: Optional[Sequence[Mapping[str, Any]]] = None
+                 ) -> list[str]:
   """Draws the paper-layout figure and saves ``path_stem``.png and .pdf.
 
   Args:
     rows: result rows (dicts with the keys of :data:`RESULT_FIELDS`).
     path_stem: output path without extension.
     title: optional figure title (e.g. the dataset and model).
+    reference: optional rows of the paper's read-offs
+      (``experiments.paper_readoffs``), drawn as hollow markers in each
+      method's colour (DA as a dotted line). With a reference, the ATA panel
+      shows ATA-paper (the paper's protocol), which is what the paper plots.
 
   Returns:
     The paths written.
@@ -232,10 +238,16 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path_stem: str,
 
   rows = sort_rows(rows)
   fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+
   sparse = [r for r in rows if r.get('p') is not None]
   crs = [r['compression_ratio'] for r in sparse
          if r['compression_ratio'] and r['compression_ratio'] > 0]
-  for ax, key, name in zip(axes, ('ta', 'ata'), ('TA', 'ATA')):
+  reference = list(reference or [])
+  crs += [r['compression_ratio'] for r in reference
+          if r['method'] not in DENSE_METHODS]
+  keys = (('ta', 'TA'), ('ata_paper', 'ATA-paper') if reference
+          else ('ata', 'ATA'))
+  for ax, (key, name) in zip(axes, keys):
     methods = []
     for r in sparse:
       if r['method'] not in methods:
@@ -254,6 +266,18 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path_stem: str,
         colour, _ = _STYLE.get(r['method'], ('black', None))
         ax.axhline(r[key], color=colour, linestyle='--',
                    label=method_label(r['method']))
+    ref_key = 'ta' if key == 'ta' else 'ata'
+    for m in dict.fromkeys(r['method'] for r in reference):
+      colour, marker = _STYLE.get(m, (None, 'o'))
+      pts = sorted((r['compression_ratio'], r[ref_key]) for r in reference
+                   if r['method'] == m)
+      if m in DENSE_METHODS:
+        ax.axhline(pts[0][1], color=colour, linestyle=':',
+                   label=f'{method_label(m)} (paper)')
+        continue
+      ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle='none',
+              marker=marker or 'o', markerfacecolor='none', color=colour,
+              label=f'{method_label(m)} (paper)')
     ax.set_xscale('log')
     if crs:
       lo, hi = min(crs), max(crs)
@@ -272,6 +296,48 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path_stem: str,
     paths.append(path)
   plt.close(fig)
   return paths
+
+
+def comparison_markdown(rows: Sequence[Mapping[str, Any]],
+                        reference: Sequence[Mapping[str, Any]],
+                        match) -> str:
+  """Our numbers beside the paper's, with the difference in points.
+
+  Args:
+    rows: our result rows.
+    reference: the paper's read-offs (``experiments.paper_readoffs``).
+    match: ``(reference, row) -> reference row or None``.
+
+  Returns:
+    A markdown table: TA and ATA-paper (ours, the paper's, ours − paper in
+    points) and our PGD-20 ATA, one line per stage; stages without a paper
+    point show only ours.
+  """
+  header = ['method', 'p', 'CR ours', 'CR paper', 'TA ours', 'TA paper',
+            'Δ TA', 'ATA-paper ours', 'ATA paper', 'Δ ATA', 'ATA PGD-20']
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '|'.join(['---'] * len(header)) + '|']
+
+  def delta(ours, theirs):
+    if ours is None or theirs is None:
+      return ''
+    return f'{100 * (ours - theirs):+.1f}'
+
+  for r in sort_rows(rows):
+    ref = match(list(reference), r) or {}
+    p = '' if r.get('p') is None else f'{r["p"]:g}'
+    lines.append('| ' + ' | '.join([
+        method_label(r['method']), p, _cr(r['compression_ratio']),
+        _cr(ref.get('compression_ratio')), _acc(r['ta']),
+        _acc(ref.get('ta')), delta(r['ta'], ref.get('ta')),
+        _acc(r.get('ata_paper')), _acc(ref.get('ata')),
+        delta(r.get('ata_paper'), ref.get('ata')), _acc(r['ata'])]) + ' |')
+  lines.append('')
+  lines.append("Paper values are read off the paper's figure (±0.01–0.02). "
+               "ATA-paper is our accuracy under the paper's protocol "
+               '(deterministic BIM with the training steps, step 1.25 eps/K), '
+               'the attack the paper reports; Δ = ours − paper, in points.')
+  return '\n'.join(lines) + '\n'
 
 
 # ----------------------------------------------------------------------------

@@ -582,20 +582,34 @@ def load_deployable(stage_dir: str) -> Deployed:
 
 
 def write_reports(rows: Sequence[Mapping[str, Any]], workdir: str,
-                  title: Optional[str] = None) -> dict[str, str]:
+                  title: Optional[str] = None,
+                  paper_dataset: Optional[str] = None) -> dict[str, str]:
   """Writes ``results.csv``, ``results.md``, ``results.png``/``.pdf``.
 
+  With ``paper_dataset`` (a key of ``experiments.paper_readoffs.READOFFS``)
+  the figure also draws the paper's read-offs as hollow markers and
+  ``comparison.md`` puts our numbers beside the paper's.
+
   Returns:
-    A dict ``{'csv': path, 'md': path, 'png': path, 'pdf': path}``.
+    A dict ``{'csv': path, 'md': path, 'png': path, 'pdf': path}`` (and
+    ``'comparison'`` with ``paper_dataset``).
   """
+  from experiments import paper_readoffs  # pylint: disable=g-import-not-at-top
   rows = _report.sort_rows(rows)
   paths = {'csv': os.path.join(workdir, 'results.csv'),
            'md': os.path.join(workdir, 'results.md')}
   _report.write_csv(rows, paths['csv'], _report.RESULT_FIELDS)
   with open(paths['md'], 'w') as f:
     f.write(_report.results_markdown(rows, title=title))
+  reference = None
+  if paper_dataset:
+    reference = paper_readoffs.paper_rows(paper_dataset)
+    paths['comparison'] = os.path.join(workdir, 'comparison.md')
+    with open(paths['comparison'], 'w') as f:
+      f.write(_report.comparison_markdown(rows, reference,
+                                          paper_readoffs.matching_row))
   png, pdf = _report.plot_results(rows, os.path.join(workdir, 'results'),
-                                  title=title)
+                                  title=title, reference=reference)
   paths.update(png=png, pdf=pdf)
   return paths
 
@@ -665,7 +679,8 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
                  row['ata'], row['compression_ratio'])
     rows.append(row)
   if rows:
-    write_reports(rows, workdir, title=grid.get('title') or dataset)
+    write_reports(rows, workdir, title=grid.get('title') or dataset,
+                  paper_dataset=grid.get('paper_readoffs'))
   if failed:
     raise RuntimeError(
         f'{len(failed)} of {len(stages)} stages did not finish (the reports '

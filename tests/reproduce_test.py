@@ -458,3 +458,39 @@ class EndToEndTest(absltest.TestCase):
 
 if __name__ == '__main__':
   absltest.main()
+
+
+class PaperComparisonTest(absltest.TestCase):
+
+  def test_readoffs_and_matching(self):
+    from experiments import paper_readoffs  # pylint: disable=g-import-not-at-top
+    paper = paper_readoffs.paper_rows('mnist')
+    self.assertIn(dict(method='da', p=None, compression_ratio=1.0, ta=.981,
+                       ata=.783), paper)
+    match = paper_readoffs.matching_row
+    self.assertEqual(match(paper, dict(method='atmc8', p=0.01))['ta'], .875)
+    self.assertEqual(match(paper, dict(method='al0', p=0.003))['ata'], .61)
+    alr = match(paper, dict(method='alr', p=0.04, compression_ratio=0.012))
+    self.assertEqual(alr['compression_ratio'], 0.014)
+    self.assertIsNone(match(paper, dict(method='alr', p=0.5,
+                                        compression_ratio=0.3)))
+    self.assertIsNone(match(paper, dict(method='al0', p=0.02)))
+    with self.assertRaisesRegex(ValueError, 'accepted'):
+      paper_readoffs.paper_rows('svhn2')
+
+  def test_comparison_table_and_figure(self):
+    from experiments import paper_readoffs  # pylint: disable=g-import-not-at-top
+    rows = [_row('da', None, 1.0, 0.97, 0.70),
+            _row('atmc8', 0.01, 0.0049, 0.88, 0.70)]
+    md = _report.comparison_markdown(rows, paper_readoffs.paper_rows('mnist'),
+                                     paper_readoffs.matching_row)
+    # ATMC-8 at p = 0.01: TA 0.88 vs 0.875 (+0.5), ATA-paper 0.75 vs 0.73.
+    self.assertIn('| ATMC-8 | 0.01 | 0.0049 | 0.0048 | 0.880 | 0.875 | +0.5 '
+                  '| 0.750 | 0.730 | +2.0 | 0.700 |', md)
+    self.assertIn('| DA |  | 1 | 1 | 0.970 | 0.981 | -1.1 |', md)
+    workdir = _tempdir(self)
+    paths = reproduce.write_reports(rows, workdir, title='t',
+                                    paper_dataset='mnist')
+    with open(paths['comparison']) as f:
+      self.assertEqual(f.read(), md)
+    self.assertGreater(os.path.getsize(paths['png']), 1000)

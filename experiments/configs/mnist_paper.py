@@ -61,6 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
   grid.method_sparsities = ml_collections.ConfigDict({'alr': '0.04'})
   grid.atmc_bits = 8
   grid.keep_going = True
+  # Draw the paper's MNIST read-offs beside ours and write comparison.md.
+  grid.paper_readoffs = 'mnist'
   grid.stage_overrides = ml_collections.ConfigDict(dict(
       natural=dict(num_epochs=2, learning_rate=0.05, lr_decay_epochs=(1,)),
       da=dict(num_epochs=8, learning_rate=0.05, lr_decay_epochs=(5, 7)),
