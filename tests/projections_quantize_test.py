@@ -210,3 +210,21 @@ def test_non_finite_values():
     np.testing.assert_array_equal(out['bias'], np.zeros(5))
   out = _jitted(2, 'lloyd')({'w': x, 'bias': np.zeros(5, np.float32)})
   assert np.all(np.isfinite(out['w']))
+
+
+def test_optimal_is_exact_when_the_mean_dwarfs_the_spread():
+  """S2 - S1^2/n cancels in float32 for 100 + U(0, 1): the DP shifts first."""
+  rng = np.random.default_rng(0)
+  x = (100 + rng.random(3000)).astype(np.float32)
+  out = np.asarray(projections.project_quantize(
+      {'w': x.reshape(60, 50)}, 1, method='optimal')['w']).ravel()
+  sse = float(np.sum((out.astype(np.float64) - x) ** 2))
+  # The optimum over all splits of the sorted values into two clusters
+  # (zero stays unused this far from 0), in float64.
+  xs = np.sort(x.astype(np.float64))
+  c1, c2, n = np.cumsum(xs), np.cumsum(xs ** 2), len(xs)
+  k = np.arange(1, n)
+  left = c2[k - 1] - c1[k - 1] ** 2 / k
+  right = (c2[-1] - c2[k - 1]) - (c1[-1] - c1[k - 1]) ** 2 / (n - k)
+  best = float(np.min(left + right))
+  assert sse == pytest.approx(best, rel=1e-5)

@@ -96,12 +96,21 @@ def _layer(prev, s1, s2, m):
 
 
 def _side_tables(v, m, n_centres):
-  """DP over one side (``v`` ordered far -> near 0, first ``m`` real)."""
-  s1 = _sums.compensated_cumsum(v)
-  s2 = _sums.compensated_cumsum(v * v)
+  """DP over one side (``v`` ordered far -> near 0, first ``m`` real).
+
+  A cluster's error ``S2 - S1^2 / n`` cancels when its mean is large next
+  to its spread, so the clusters' sums are taken of the values shifted by
+  the side's median ``c`` (the error is shift invariant; the means get
+  ``c`` back in :func:`_backtrack`). The cost of the entries left to the
+  fixed zero level, ``sum x^2``, uses the unshifted values.
+  """
   size = v.shape[0] + 1
   jj = jnp.arange(size)
-  tail = _sums.range_sum(s2, jj, m)
+  shift = jnp.where(m > 0, v[jnp.maximum(m, 1) // 2], 0).astype(v.dtype)
+  centred = jnp.where(jnp.arange(v.shape[0]) < m, v - shift, 0)
+  s1 = _sums.compensated_cumsum(centred)
+  s2 = _sums.compensated_cumsum(centred * centred)
+  tail = _sums.range_sum(_sums.compensated_cumsum(v * v), jj, m)
   inf = jnp.asarray(jnp.inf, v.dtype)
   f0 = jnp.where(jj == 0, 0, inf).astype(v.dtype)
 
@@ -118,11 +127,12 @@ def _side_tables(v, m, n_centres):
   _, (opts, gs, jstars) = jax.lax.scan(step, f0, None, length=n_centres)
   gs = jnp.concatenate([g0[None], gs])
   jstars = jnp.concatenate([j0[None], jstars])
-  return opts, gs, jstars, s1
+  return opts, gs, jstars, (s1, shift)
 
 
-def _backtrack(opts, jstar, k, s1, n_centres):
+def _backtrack(opts, jstar, k, sums, n_centres):
   """Cluster means (``nan`` for unused slots) of the optimal partition."""
+  s1, shift = sums
 
   def body(t, carry):
     j, out = carry
@@ -130,7 +140,7 @@ def _backtrack(opts, jstar, k, s1, n_centres):
     active = layer >= 0
     i = jnp.where(active, opts[jnp.maximum(layer, 0), j], j)
     cnt = (j - i).astype(s1[0].dtype)
-    mean = _sums.range_sum(s1, i, j) / jnp.maximum(cnt, 1)
+    mean = shift + _sums.range_sum(s1, i, j) / jnp.maximum(cnt, 1)
     out = out.at[t].set(jnp.where(active & (j > i), mean, jnp.nan))
     return i, out
 
