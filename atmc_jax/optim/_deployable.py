@@ -43,7 +43,7 @@ _STATES = (_atmc.AtmcState, _fixed_support.FixedSupportState,
            _atmc.ProjectedState)
 
 
-def _find_state(state: Any):
+def find_state(state: Any):
   """The one compression state inside ``state`` (a ValueError otherwise)."""
   found = [node for node in jax.tree.leaves(
       state, is_leaf=lambda x: isinstance(x, _STATES))
@@ -162,7 +162,7 @@ def deployable_params(
         f'got both a state and {sorted(keywords)}; the state holds the '
         'hyper-parameters. Accepted: deployable_params(params, state) or '
         'deployable_params(params, budget=k, ...).')
-  found = _find_state(state)
+  found = find_state(state)
   if isinstance(found, _atmc.AtmcState):
     return _from_atmc_state(params, found, use_copy)
   if use_copy:
