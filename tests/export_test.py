@@ -422,14 +422,16 @@ assert not [m for m in sys.modules if m.split('.')[0] in BLOCKED]
                'ta': 0.8612, 'ata': 0.7423, 'nnz': 4300, 'sparsity': 0.01,
                'bits': 8, 'compression': 'atmc', 'ignored_key': 1}
     json_path, md_path = export.write_model_card(
-        self.path, summary, checks={'test_accuracy_first_1000': 0.5})
+        self.path, summary,
+        checks={'test_examples': 10, 'test_accuracy': 0.5})
     self.assertEqual(export.card_paths(self.path), (json_path, md_path))
     with open(json_path) as f:
       card = json.load(f)
     self.assertEqual(card['training']['ta'], 0.8612)
     self.assertNotIn('ignored_key', card['training'])
     self.assertEqual(card['size']['file_bytes'], os.path.getsize(self.path))
-    self.assertEqual(card['checks'], {'test_accuracy_first_1000': 0.5})
+    self.assertEqual(card['checks'],
+                     {'test_examples': 10, 'test_accuracy': 0.5})
     with open(md_path) as f:
       md = f.read()
     self.assertIn('| TA (test, deployable) | 0.8612 |', md)

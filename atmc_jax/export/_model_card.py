@@ -3,8 +3,9 @@
 :func:`write_model_card` writes ``<stem>.json`` and ``<stem>.md`` next to
 a packed file ``<stem>.atmc`` from the training stage's ``summary.json``
 and the file's size report. The JSON card is what the model-zoo check
-reads: it holds ``checks.test_accuracy_first_1000``, the accuracy of the
-packed model on the first 1,000 test images measured at export time.
+reads: it holds ``checks.test_accuracy``, the accuracy of the
+packed model on the first ``checks.test_examples`` test images (1,000 by
+default), measured at export time.
 """
 
 import json
@@ -42,7 +43,7 @@ def write_model_card(packed_path: str, summary: Mapping[str, Any], *,
     summary: the stage's ``summary.json`` (``train_and_evaluate``'s
       summary).
     checks: measurements of the packed file itself, e.g.
-      ``{'test_accuracy_first_1000': 0.861}``.
+      ``{'test_examples': 1000, 'test_accuracy': 0.861}``.
 
   Returns:
     ``(json_path, md_path)``.
