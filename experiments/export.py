@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import _logs
 from experiments import reproduce
 
 # Allowed gap between the card's TA (whole test split) and the accuracy on
@@ -227,8 +228,9 @@ def verify_card(path: str, images: np.ndarray, labels: np.ndarray, *,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from atmc_jax import export  # pylint: disable=g-import-not-at-top
   fl = flags.FLAGS
+  _logs.quiet_libraries(not fl.library_logs)
+  from atmc_jax import export  # pylint: disable=g-import-not-at-top
   report = export_stage(fl.workdir, fl.out, torch_npz=fl.torch_npz,
                         card=fl.card, check_examples=fl.check_examples)
   print(export.format_size_report(report))
@@ -245,5 +247,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('check_examples', 1000,
                        "Test images the card's accuracy check uses (0: no "
                        'check).')
+  flags.DEFINE_bool('library_logs', False, 'Also show the INFO/WARNING log '
+                    'lines of JAX, Orbax and absl.')
   flags.mark_flags_as_required(['workdir', 'out'])
   app.run(main)
