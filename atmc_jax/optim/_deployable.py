@@ -120,11 +120,11 @@ def deployable_params(
     >>> tx = optim.atmc(optax.sgd(0.1), budget=2, bits=1)
     >>> state = tx.init(params)
     >>> optim.deployable_params(params, state)['w']
-    Array([[ 0. , -2.5],
-           [ 0. ,  2.5]], dtype=float32)
+    Array([[ 0., -2.],
+           [ 0.,  3.]], dtype=float32)
     >>> optim.deployable_params(params, budget=2, bits=1)['w']  # no state
-    Array([[ 0. , -2.5],
-           [ 0. ,  2.5]], dtype=float32)
+    Array([[ 0., -2.],
+           [ 0.,  3.]], dtype=float32)
 
   Args:
     params: the trained params (``theta``), unreplicated.
