@@ -243,19 +243,33 @@ class SaveLoadTest(parameterized.TestCase):
     report = self._check_round_trip(deployed, state, True)
     self.assertTrue(any(r['val'] == 'codebook' for r in report['tensors']))
 
-  def test_low_rank_factor_pairs_as_generic_leaves(self):
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((30, 3)).astype(np.float32)
-    b = rng.standard_normal((3, 20)).astype(np.float32)
-    params = {'fc': {'A': a, 'B': b, 'bias': np.zeros(20, np.float32)}}
+  def test_low_rank_factor_pairs(self):  # ALR: kernel = (B·A).T
+    _, dense = _lenet_params(False)
+    ranks = {'conv1': {'kernel': 3, 'bias': None},
+             'conv2': {'kernel': 4, 'bias': None},
+             'fc1': {'kernel': 5, 'bias': None},
+             'fc2': {'kernel': 2, 'bias': None}}
+    b_tree, a_tree = projections.low_rank_factors(dense, ranks)
+    params = jax.device_get(models.to_low_rank(dense, b_tree, a_tree))
     path = _tmp(self)
-    report = export.save(path, params, None)
-    loaded = export.load(path).variables['params']
-    np.testing.assert_array_equal(loaded['fc']['A'], a)
-    np.testing.assert_array_equal(loaded['fc']['B'], b)
+    report = export.save(path, params, None, like=_dense_like())
+    raw = export.load(path, materialize=False).variables['params']
+    for layer in ('conv1', 'fc1'):
+      for k in ('B', 'A', 'bias'):
+        np.testing.assert_array_equal(raw[layer][k], params[layer][k])
     rows = {r['name']: r for r in report['tensors']}
-    self.assertEqual(rows['params/fc/A']['pos'], 'all')
-    self.assertEqual(rows['params/fc/bias']['kind'], 'dense')
+    self.assertEqual(rows['params/fc1/A']['pos'], 'all')
+    self.assertEqual(rows['params/fc1/bias']['kind'], 'dense')
+    # Stored as float32 factors: the accounted size is ALR's 32 r (m + n).
+    self.assertEqual(report['total']['accounted_bits'],
+                     models.low_rank_bits(params))
+    loaded = export.load(path).variables['params']
+    expected = models.materialize(params, like=_dense_like())
+    for layer in ('conv1', 'conv2', 'fc1', 'fc2'):
+      self.assertEqual(loaded[layer]['kernel'].shape,
+                       expected[layer]['kernel'].shape)
+      np.testing.assert_allclose(loaded[layer]['kernel'],
+                                 expected[layer]['kernel'], atol=1e-6)
 
   def test_batch_stats_and_metadata(self):
     params = {'conv': {'kernel': np.ones((3, 3, 2, 4), np.float32)},

@@ -55,11 +55,12 @@ Per tensor, in the header's ``tensors`` order, the payload holds:
   (``2**c < nnz``, ``atmc_jax.optim.tensor_size_bits``), so the codes and
   codebook take the accounted bits rounded up to whole bytes.
 
-Factorized layers (``U``, ``V``, ``C`` in one dict) are stored as their
-factors; :func:`load` materialises ``kernel = (U·V + I_offset + C).T``
-(the identity offset on the square factor, as
-``atmc_jax.models.compose``), reshaped to the dense kernel shape recorded
-at save time (``(fan_in, out)`` when none was recorded).
+Factorized layers (``U``, ``V``, ``C`` in one dict) and fixed-rank
+layers (``B``, ``A``: the ALR model) are stored as their factors;
+:func:`load` materialises ``kernel = (U·V + I_offset + C).T`` (the
+identity offset on the square factor, as ``atmc_jax.models.compose``) or
+``kernel = (B·A).T``, reshaped to the dense kernel shape recorded at save
+time (``(fan_in, out)`` when none was recorded).
 """
 
 import json
@@ -72,6 +73,7 @@ FORMAT = 'atmc_jax.packed'
 VERSION = 1
 FLOAT_BITS = 32
 FACTOR_NAMES = ('U', 'V', 'C')
+LOW_RANK_NAMES = ('B', 'A')
 
 
 class LoadedModel(NamedTuple):
@@ -418,16 +420,24 @@ def compose(u: np.ndarray, v: np.ndarray, c: np.ndarray) -> np.ndarray:
   return (u64 @ v64 + square + c).astype(np.float32)
 
 
+def _holds(tree: dict, names: Sequence[str]) -> bool:
+  return all(k in tree and not isinstance(tree[k], dict) for k in names)
+
+
 def _materialize(tree: dict, kernel_shapes: Mapping[str, Sequence[int]],
                  path: str = '') -> dict:
   out = {}
-  if all(k in tree and not isinstance(tree[k], dict) for k in FACTOR_NAMES):
-    w = compose(tree['U'], tree['V'], tree['C'])
+  if _holds(tree, FACTOR_NAMES) or _holds(tree, LOW_RANK_NAMES):
+    if _holds(tree, FACTOR_NAMES):
+      names, w = FACTOR_NAMES, compose(tree['U'], tree['V'], tree['C'])
+    else:  # Fixed-rank factors W = B·A (the ALR model).
+      names = LOW_RANK_NAMES
+      w = (tree['B'].astype(np.float64) @ tree['A']).astype(np.float32)
     shape = kernel_shapes.get(path)
     kernel = w.T
     out['kernel'] = kernel.reshape(shape) if shape else kernel
     for k, v in tree.items():
-      if k not in FACTOR_NAMES:
+      if k not in names:
         out[k] = v
     return out
   for k, v in tree.items():

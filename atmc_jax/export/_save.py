@@ -77,13 +77,14 @@ def _selection_from_stats(params, stats) -> Any:
 
 
 def _kernel_shapes(params, like) -> dict:
-  """``{'params/<layer>': dense kernel shape}`` for factorized layers."""
+  """``{'params/<layer>': dense kernel shape}`` of factorized layers."""
   out = {}
 
   def visit(node, ref, path):
     if not isinstance(node, Mapping):
       return
-    if all(k in node for k in _format.FACTOR_NAMES):
+    if (all(k in node for k in _format.FACTOR_NAMES)
+        or all(k in node for k in _format.LOW_RANK_NAMES)):
       if isinstance(ref, Mapping) and 'kernel' in ref:
         out[f'params/{path}'] = [int(s) for s in np.shape(ref['kernel'])]
       return
@@ -127,8 +128,9 @@ def save(
       ``metrics``.
     batch_stats: BatchNorm statistics to store alongside (float32).
     like: dense params (or their ``jax.eval_shape``) giving the dense
-      kernel shape of each factorized layer, so that ``load`` returns conv
-      kernels 4-D; without it they load as ``(fan_in, out)``.
+      kernel shape of each factorized (``U, V, C``) or fixed-rank (``B,
+      A``) layer, so that ``load`` returns conv kernels 4-D; without it
+      they load as ``(fan_in, out)``.
 
   Returns:
     The size report (``_format.size_report``) of the written file.
