@@ -40,7 +40,8 @@ def stage_metadata(config, summary: Mapping[str, Any], model
   Args:
     config: the stage's config (``reproduce.read_stage_config``).
     summary: the stage's ``summary.json``.
-    model: the stage's Flax model (its ``mean``/``std`` are recorded).
+    model: the stage's dense Flax model (its ``num_classes``, ``mean`` and
+      ``std`` are recorded).
 
   Returns:
     A JSON-serialisable dict.
@@ -142,17 +143,18 @@ def export_stage(stage_dir: str, out: str, *,
   dep = reproduce.load_deployable(stage_dir)
   config = dep.config
   spec = data.DATASETS[config.dataset]
-  like = None
-  if config.factorized:
-    dense_config = type(config)(config.to_dict())
-    dense_config.factorized = False
-    dense_model = training.create_model(dense_config, spec)
-    like = jax.eval_shape(lambda: dense_model.init(
-        jax.random.key(0), jnp.zeros((1,) + tuple(spec.image_shape)),
-        train=False))['params']
+  # The dense model: its kernel shapes let factorized (U, V, C) and
+  # fixed-rank (B, A) layers load as dense kernels, and it is what a
+  # loaded (materialised) file runs as.
+  dense_config = type(config)(config.to_dict())
+  dense_config.factorized = False
+  dense_model = training.create_model(dense_config, spec)
+  like = jax.eval_shape(lambda: dense_model.init(
+      jax.random.key(0), jnp.zeros((1,) + tuple(spec.image_shape)),
+      train=False))['params']
   stats = optim.compression_stats(dep.params, dep.dense_weight_count)
   report = export.save(out, dep.params, stats,
-                       metadata=stage_metadata(config, summary, dep.model),
+                       metadata=stage_metadata(config, summary, dense_model),
                        batch_stats=dep.batch_stats, like=like)
   if torch_npz:
     loaded = export.load(out)
