@@ -9,12 +9,15 @@ Sub-packages: :mod:`atmc_jax.attacks` (pure jitted attacks),
 :mod:`atmc_jax.projections` (pure pytree -> pytree constraint projections),
 :mod:`atmc_jax.optim` (the ATMC optax transformation and size accounting),
 :mod:`atmc_jax.models` (Flax models and U·V+C layers), :mod:`atmc_jax.data`
-(input pipelines) and :mod:`atmc_jax.training` (adversarial training runs).
+(input pipelines), :mod:`atmc_jax.training` (adversarial training runs) and
+:mod:`atmc_jax.export` (the compressed model as one file, loadable with
+NumPy).
 The most used names are re-exported here.
 """
 
 from atmc_jax import attacks
 from atmc_jax import data
+from atmc_jax import export
 from atmc_jax import models
 from atmc_jax import optim
 from atmc_jax import projections

@@ -30,12 +30,16 @@ Outputs in ``--workdir``: ``attacks.csv`` and ``attacks.md`` (or
 ``autoattack.csv`` and ``autoattack.md``); each stage's results are cached
 in ``<stage>/attacks.json`` (``<stage>/autoattack.json``), recomputed only
 when the settings change. The reports state the number of test examples and
-the wall time of every stage's evaluation.
+the wall time of every stage's evaluation. ``--workdir`` may also be a
+packed model file (``experiments.export``): then its one model is attacked
+and the outputs are ``<file stem>.attacks.{csv,md,json}`` (or
+``.autoattack.*``) next to it.
 
 Usage::
 
   python -m experiments.evaluate_attacks --workdir runs/quick \
       [--max_examples 1000] [--eps_scales 0.5,1,2] [--suite autoattack]
+  python -m experiments.evaluate_attacks --workdir model.atmc
 """
 
 import functools
@@ -155,11 +159,45 @@ def _batches(images: np.ndarray, labels: np.ndarray, batch_size: int):
 
 def test_split(config, max_examples: Optional[int]):
   """The stage's test split (as ``train_and_evaluate`` loads it), cut."""
-  from atmc_jax import training  # pylint: disable=g-import-not-at-top
-  images, labels = training.load_data(config)['test']
+  if config.get('packed'):  # A packed model: the dataset's test split.
+    from atmc_jax import data  # pylint: disable=g-import-not-at-top
+    images, labels = data.load_split(config.dataset, 'test')
+  else:
+    from atmc_jax import training  # pylint: disable=g-import-not-at-top
+    images, labels = training.load_data(config)['test']
   if max_examples:
     images, labels = images[:max_examples], labels[:max_examples]
   return images, labels
+
+
+def _stage_config(stage_dir: str):
+  """The config of a stage workdir or of a packed model file."""
+  if reproduce.is_packed_file(stage_dir):
+    return reproduce.load_packed(stage_dir).config
+  return reproduce.read_stage_config(stage_dir)
+
+
+def _load_model(stage_dir: str):
+  """The deployable model of a stage workdir or of a packed model file."""
+  if reproduce.is_packed_file(stage_dir):
+    return reproduce.load_packed(stage_dir)
+  return reproduce.load_deployable(stage_dir)
+
+
+def _outputs(workdir: str, name: str) -> str:
+  """Where ``name`` (``attacks.json``, ``autoattack.md``, ...) goes."""
+  if reproduce.is_packed_file(workdir):
+    return os.path.splitext(workdir)[0] + '.' + name
+  return os.path.join(workdir, name)
+
+
+def _stages(workdir: str) -> list[tuple[reproduce.Stage, str]]:
+  """The finished stages of a workdir, or the one model of a packed file."""
+  if reproduce.is_packed_file(workdir):
+    config = _stage_config(workdir)
+    p = None if config.get('sparsity') is None else float(config.sparsity)
+    return [(reproduce.Stage(config.stage, p), workdir)]
+  return finished_stages(workdir)
 
 
 def evaluate_stage(stage_dir: str, settings_kw: Mapping[str, Any], *,
@@ -176,10 +214,10 @@ def evaluate_stage(stage_dir: str, settings_kw: Mapping[str, Any], *,
   import jax  # pylint: disable=g-import-not-at-top
   from atmc_jax import attacks  # pylint: disable=g-import-not-at-top
 
-  config = reproduce.read_stage_config(stage_dir)
+  config = _stage_config(stage_dir)
   settings = attack_settings(config, **settings_kw)
   key_info = dict(settings=settings, max_examples=max_examples, seed=seed)
-  cache = os.path.join(stage_dir, ATTACKS_FILE)
+  cache = _outputs(stage_dir, ATTACKS_FILE)
   if os.path.exists(cache):
     with open(cache) as f:
       cached = json.load(f)
@@ -187,7 +225,7 @@ def evaluate_stage(stage_dir: str, settings_kw: Mapping[str, Any], *,
       cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
       return cached
   start = time.time()
-  dep = reproduce.load_deployable(stage_dir)
+  dep = _load_model(stage_dir)
   logits_fn = dep.logits_fn()
   images, labels = test_split(config, max_examples)
   paper, strong = build_suites(settings)
@@ -225,7 +263,7 @@ def finished_stages(workdir: str) -> list[tuple[reproduce.Stage, str]]:
     if not (os.path.isdir(stage_dir) and reproduce.is_finished(stage_dir)
             and os.path.exists(os.path.join(stage_dir, 'config.json'))):
       continue
-    config = reproduce.read_stage_config(stage_dir)
+    config = _stage_config(stage_dir)
     p = (None if config.stage in _report.DENSE_METHODS
          else float(config.sparsity))
     found.append((reproduce.Stage(config.stage, p), stage_dir))
@@ -261,7 +299,7 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
     raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size}; accepted: >= 1.')
-  stages = finished_stages(workdir)
+  stages = _stages(workdir)
   if methods:
     methods = reproduce.parse_methods(methods)
     stages = [s for s in stages if s[0].method in methods]
@@ -282,7 +320,7 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
       raise ValueError(f'{stage_dir!r} was trained with another epsilon '
                        f'(attacks {stage_names} vs {names}); accepted: '
                        'stages of one reproduction.')
-    config = reproduce.read_stage_config(stage_dir)
+    config = _stage_config(stage_dir)
     row = dict(dataset=config.dataset, method=stage.method, p=stage.p,
                compression_ratio=res['compression_ratio'], ta=res['clean'])
     row.update({n: res[n] for n in names})
@@ -292,7 +330,7 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
                  stage.name, res['clean'], res['paper_pgd'], res['strong'],
                  ' (masking suspected)' if res['masking_suspected'] else '')
     rows.append(row)
-  _report.write_csv(rows, os.path.join(workdir, 'attacks.csv'),
+  _report.write_csv(rows, _outputs(workdir, 'attacks.csv'),
                     _report.attack_fields(names))
   settings = res['settings']
   notes = [
@@ -306,7 +344,7 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
       'wall time of each evaluation: ' + ', '.join(
           f'{_stage_label(r)} {r["wall_time_s"]:.1f} s' for r in rows) + '.',
   ]
-  with open(os.path.join(workdir, 'attacks.md'), 'w') as f:
+  with open(_outputs(workdir, 'attacks.md'), 'w') as f:
     f.write(_report.attacks_markdown(rows, names, gap_threshold, notes))
   return rows
 
@@ -374,10 +412,10 @@ def evaluate_autoattack_stage(stage_dir: str, settings_kw: Mapping[str, Any],
   import jax  # pylint: disable=g-import-not-at-top
   from atmc_jax import attacks  # pylint: disable=g-import-not-at-top
 
-  config = reproduce.read_stage_config(stage_dir)
+  config = _stage_config(stage_dir)
   settings = autoattack_settings(config, **settings_kw)
   key_info = dict(settings=settings, max_examples=max_examples, seed=seed)
-  cache = os.path.join(stage_dir, AUTOATTACK_FILE)
+  cache = _outputs(stage_dir, AUTOATTACK_FILE)
   if os.path.exists(cache):
     with open(cache) as f:
       cached = json.load(f)
@@ -385,7 +423,7 @@ def evaluate_autoattack_stage(stage_dir: str, settings_kw: Mapping[str, Any],
       cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
       return cached
   start = time.time()
-  dep = reproduce.load_deployable(stage_dir)
+  dep = _load_model(stage_dir)
   logits_fn = dep.logits_fn()
   images, labels = test_split(config, max_examples)
   eps, norm = settings['epsilon'], settings['norm']
@@ -503,7 +541,7 @@ def evaluate_autoattack(workdir: str, *,
     raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
   if batch_size < 1:
     raise ValueError(f'batch_size={batch_size}; accepted: >= 1.')
-  stages = finished_stages(workdir)
+  stages = _stages(workdir)
   if methods:
     methods = reproduce.parse_methods(methods)
     stages = [s for s in stages if s[0].method in methods]
@@ -517,7 +555,7 @@ def evaluate_autoattack(workdir: str, *,
         stage_dir, settings_kw, max_examples=max_examples,
         batch_size=batch_size, seed=seed, gap_threshold=gap_threshold)
     names = autoattack_names(res['settings'])
-    config = reproduce.read_stage_config(stage_dir)
+    config = _stage_config(stage_dir)
     row = dict(dataset=config.dataset, method=stage.method, p=stage.p,
                compression_ratio=res['compression_ratio'], ta=res['clean'])
     row.update({n: res[n] for n in names})
@@ -530,14 +568,15 @@ def evaluate_autoattack(workdir: str, *,
     rows.append(row)
   fields = (_report.ATTACK_BASE_FIELDS + tuple(names) +
             AUTOATTACK_TAIL_FIELDS)
-  _report.write_csv(rows, os.path.join(workdir, 'autoattack.csv'), fields)
-  with open(os.path.join(workdir, 'autoattack.md'), 'w') as f:
+  _report.write_csv(rows, _outputs(workdir, 'autoattack.csv'), fields)
+  with open(_outputs(workdir, 'autoattack.md'), 'w') as f:
     f.write(autoattack_markdown(rows, names, res['settings'], gap_threshold))
   return rows
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'A workdir of experiments.reproduce.')
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'A workdir of experiments.reproduce, or a packed model '
+    'file of experiments.export.')
 _METHODS = flags.DEFINE_list('methods', None,
                              'Only these methods (default: all finished).')
 _MAX_EXAMPLES = flags.DEFINE_integer(
@@ -571,7 +610,7 @@ def main(argv: Sequence[str]) -> None:
         max_examples=_MAX_EXAMPLES.value or None,
         batch_size=_BATCH_SIZE.value, seed=_SEED.value,
         gap_threshold=_GAP.value)
-    with open(os.path.join(_WORKDIR.value, 'autoattack.md')) as f:
+    with open(_outputs(_WORKDIR.value, 'autoattack.md')) as f:
       print(f.read())
     return
   evaluate_attacks(
@@ -583,7 +622,7 @@ def main(argv: Sequence[str]) -> None:
       strong_pgd_steps=_STRONG_PGD_STEPS.value,
       strong_pgd_restarts=_STRONG_PGD_RESTARTS.value,
       apgd_steps=_APGD_STEPS.value)
-  with open(os.path.join(_WORKDIR.value, 'attacks.md')) as f:
+  with open(_outputs(_WORKDIR.value, 'attacks.md')) as f:
     print(f.read())
 
 

@@ -581,6 +581,57 @@ def load_deployable(stage_dir: str) -> Deployed:
                   size=size)
 
 
+def is_packed_file(path: str) -> bool:
+  """Whether ``path`` is a packed model file (``experiments.export``)."""
+  return os.path.isfile(path)
+
+
+def load_packed(path: str) -> Deployed:
+  """A packed model file (``experiments.export``) as a :class:`Deployed`.
+
+  The config holds what the metadata records: ``stage``, ``dataset``,
+  ``model``, ``sparsity``, ``train_attack.epsilon`` and the evaluation
+  attack ``eval.attack``, plus ``packed`` (the path). The model is the
+  dense variant (factorized layers are materialised on loading).
+
+  Raises:
+    ValueError: ``path`` is not a packed model file.
+  """
+  from atmc_jax import export  # pylint: disable=g-import-not-at-top
+  from atmc_jax import models  # pylint: disable=g-import-not-at-top
+  loaded = export.load(path)
+  meta = loaded.metadata
+  model_config = dict(meta.get('model_config') or {})
+  num_classes = model_config.pop('num_classes')
+  model_config.pop('factorized', None)
+  for k in ('mean', 'std'):
+    if model_config.get(k) is not None:
+      model_config[k] = tuple(model_config[k])
+  model = models.create_model(meta['model'], num_classes=num_classes,
+                              factorized=False, **model_config)
+  threat = meta.get('threat_model') or {}
+  config = ml_collections.ConfigDict({
+      'packed': path, 'stage': meta.get('stage'),
+      'dataset': meta.get('dataset'), 'model': meta['model'],
+      'sparsity': meta.get('sparsity'),
+      'train_attack': {'epsilon': threat.get('epsilon')},
+      'eval': {'attack': {
+          'norm': threat.get('norm'), 'epsilon': threat.get('eval_epsilon'),
+          'num_steps': threat.get('num_steps'),
+          'step_size': threat.get('step_size'),
+          'random_start': threat.get('random_start', True)}},
+  })
+  sizes = export.size_report(path)
+  report = sizes['total']
+  nnz = sum(r['nnz'] or 0 for r in sizes['tensors'])
+  return Deployed(
+      config=config, model=model, params=loaded.variables['params'],
+      batch_stats=loaded.variables.get('batch_stats') or {},
+      dense_weight_count=int(report['dense_weight_count']),
+      size={'nnz': nnz, 'model_bits': int(report['accounted_bits']),
+            'compression_ratio': float(report['paper_ratio'])})
+
+
 def write_reports(rows: Sequence[Mapping[str, Any]], workdir: str,
                   title: Optional[str] = None,
                   paper_dataset: Optional[str] = None) -> dict[str, str]:

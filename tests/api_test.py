@@ -5,6 +5,7 @@ import inspect
 import atmc_jax
 from atmc_jax import attacks
 from atmc_jax import data
+from atmc_jax import export
 from atmc_jax import models
 from atmc_jax import optim
 from atmc_jax import projections
@@ -23,7 +24,11 @@ PUBLIC = {
              'FactorizedDense', 'FactorizedConv', 'factorize', 'materialize',
              'create_model', 'model_names', 'max_pool_2x2', 'conv2d',
              'conv2d_max_pool'],
-    optim: ['atmc', 'AtmcState', 'projected', 'fixed_support',
+    export: ['save', 'load', 'LoadedModel', 'read_header', 'size_report',
+             'format_size_report', 'lenet_logits', 'logits',
+             'to_torch_layout', 'lenet_flatten_shapes', 'write_model_card',
+             'card_paths'],
+    optim: ['atmc', 'AtmcState', 'AtmcConstraint', 'projected', 'fixed_support',
             'magnitude_support', 'deployable_params', 'dense_weight_count',
             'model_size_bits', 'compression_ratio', 'compression_stats'],
     data: ['DATASETS', 'load_split', 'train_val_split', 'iterate_batches',
@@ -51,6 +56,7 @@ def test_top_level_reexports_are_the_same_objects():
                'projected', 'compression_ratio', 'model_size_bits',
                'dense_weight_count', 'compression_stats']:
     assert getattr(atmc_jax, name) is getattr(optim, name)
+  assert atmc_jax.export is export
   assert atmc_jax.train_and_evaluate is training.train_and_evaluate
   assert atmc_jax.create_model is models.create_model
 

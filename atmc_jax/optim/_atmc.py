@@ -89,6 +89,30 @@ _STATIC_HINT = (
     "static_args=('bits', 'mask').")
 
 
+class AtmcConstraint(NamedTuple):
+  """The constraint set of :func:`atmc`, as arrays (for deployment).
+
+  ``optim.deployable_params(params, state)`` projects onto it without the
+  caller repeating the hyper-parameters.
+
+  Attributes:
+    budget: the budget ``k`` of the last update (int32 scalar; it follows a
+      budget scheduled with ``optax.inject_hyperparams``).
+    bits: the codebook bits, ``0`` for ``bits=None`` (int32 scalar).
+    quantizer: the index of the quantizer in :data:`QUANTIZERS` (int32
+      scalar).
+    quantizer_init: the index of the k-means initialisation in
+      :data:`QUANTIZER_INITS` (int32 scalar).
+    selected: a bool scalar per params leaf: whether it is constrained.
+  """
+
+  budget: jax.Array
+  bits: jax.Array
+  quantizer: jax.Array
+  quantizer_init: jax.Array
+  selected: base.PyTree
+
+
 class AtmcState(NamedTuple):
   """State of :func:`atmc`.
 
@@ -99,12 +123,15 @@ class AtmcState(NamedTuple):
       ``bits=None``) hold a zero scalar of the leaf's dtype.
     u: the scaled dual variable, laid out as ``z``.
     inner_state: the state of the wrapped transformation.
+    constraint: the :class:`AtmcConstraint` (budget, bits, quantizer,
+      selected leaves).
   """
 
   count: jax.Array
   z: base.Params
   u: base.Params
   inner_state: optax.OptState
+  constraint: AtmcConstraint
 
 
 class ProjectedState(NamedTuple):
@@ -318,6 +345,15 @@ def atmc(
         tree, budget, bits, sel,
         **_quantize_options(quantizer, quantizer_init, count))
 
+  def constraint(sel):
+    return AtmcConstraint(
+        budget=jnp.asarray(budget, jnp.int32),
+        bits=jnp.asarray(bits or 0, jnp.int32),
+        quantizer=jnp.asarray(QUANTIZERS.index(quantizer), jnp.int32),
+        quantizer_init=jnp.asarray(QUANTIZER_INITS.index(quantizer_init),
+                                   jnp.int32),
+        selected=jax.tree.map(lambda m: jnp.asarray(m, bool), sel))
+
   def init_fn(params):
     base.check_init_params(params, 'atmc')
     sel = tree_utils.resolve_mask(params, mask)
@@ -332,7 +368,8 @@ def atmc(
       z = jax.tree.map(_placeholder, params)
       u = jax.tree.map(_placeholder, params)
     return AtmcState(count=jnp.zeros([], jnp.int32), z=z, u=u,
-                     inner_state=inner.init(params))
+                     inner_state=inner.init(params),
+                     constraint=constraint(sel))
 
   def update_fn(updates, state, params=None, **extra_args):
     if params is None:
@@ -376,7 +413,7 @@ def atmc(
 
     return new_updates, AtmcState(
         count=optax.safe_increment(state.count), z=z, u=u,
-        inner_state=inner_state)
+        inner_state=inner_state, constraint=constraint(sel))
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
