@@ -18,6 +18,7 @@ See ``docs/deployment.md``.
 
 import json
 import os
+import sys
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import app
@@ -110,7 +111,8 @@ def packed_accuracy(path: str, images: np.ndarray, labels: np.ndarray,
 
 def export_stage(stage_dir: str, out: str, *,
                  torch_npz: Optional[str] = None, card: bool = True,
-                 check_examples: int = 1000) -> dict[str, Any]:
+                 check_examples: int = 1000,
+                 command: Optional[str] = None) -> dict[str, Any]:
   """Packs one finished stage; returns the size report.
 
   Args:
@@ -120,6 +122,7 @@ def export_stage(stage_dir: str, out: str, *,
     card: write the model card next to ``out``.
     check_examples: measure the packed model's accuracy on this many test
       images for the card (0: none; skipped when the dataset is absent).
+    command: the command line recorded in the card.
 
   Returns:
     The size report of ``out``.
@@ -175,7 +178,7 @@ def export_stage(stage_dir: str, out: str, *,
         n = min(int(check_examples), len(labels))
         checks = {'test_examples': n, 'test_accuracy': packed_accuracy(
             out, images[:n], labels[:n])}
-    export.write_model_card(out, summary, checks=checks)
+    export.write_model_card(out, summary, checks=checks, command=command)
   return report
 
 
@@ -233,8 +236,11 @@ def main(argv: Sequence[str]) -> None:
   fl = flags.FLAGS
   _logs.quiet_libraries(not fl.library_logs)
   from atmc_jax import export  # pylint: disable=g-import-not-at-top
+  command = 'python -m experiments.export ' + ' '.join(
+      a for a in sys.argv[1:] if not a.startswith('--library_logs'))
   report = export_stage(fl.workdir, fl.out, torch_npz=fl.torch_npz,
-                        card=fl.card, check_examples=fl.check_examples)
+                        card=fl.card, check_examples=fl.check_examples,
+                        command=command)
   print(export.format_size_report(report))
 
 

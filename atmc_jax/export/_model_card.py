@@ -18,7 +18,8 @@ _SUMMARY_KEYS = ('stage', 'dataset', 'model', 'factorized', 'compression',
                  'sparsity', 'bits', 'budget', 'dense_weight_count', 'ta',
                  'ata', 'test_accuracy', 'test_adv_accuracy', 'nnz',
                  'model_bits', 'compression_ratio', 'eval_attack',
-                 'train_attack', 'epochs', 'steps')
+                 'train_attack', 'epochs', 'steps', 'ata_paper',
+                 'paper_attack', 'selected_step', 'test_count')
 
 
 def card_paths(packed_path: str) -> tuple[str, str]:
@@ -34,7 +35,8 @@ def _fmt(x: Any) -> str:
 
 
 def write_model_card(packed_path: str, summary: Mapping[str, Any], *,
-                     checks: Optional[Mapping[str, Any]] = None
+                     checks: Optional[Mapping[str, Any]] = None,
+                     command: Optional[str] = None
                      ) -> tuple[str, str]:
   """Writes the JSON and Markdown cards of a packed model.
 
@@ -44,6 +46,7 @@ def write_model_card(packed_path: str, summary: Mapping[str, Any], *,
       summary).
     checks: measurements of the packed file itself, e.g.
       ``{'test_examples': 1000, 'test_accuracy': 0.861}``.
+    command: the command that produced the packed file (recorded).
 
   Returns:
     ``(json_path, md_path)``.
@@ -67,6 +70,7 @@ def write_model_card(packed_path: str, summary: Mapping[str, Any], *,
           'header_bytes', 'container_bytes', 'file_bytes',
           'dense_float32_bytes', 'paper_ratio', 'file_ratio')},
       'checks': dict(checks or {}),
+      'command': command,
   }
   json_path, md_path = card_paths(packed_path)
   with open(json_path, 'w') as f:
@@ -85,6 +89,12 @@ def write_model_card(packed_path: str, summary: Mapping[str, Any], *,
       f'| TA (test, deployable) | {_fmt(t.get("ta"))} |',
       f'| ATA (test, deployable) | {_fmt(t.get("ata"))} |',
       f'| evaluation attack | {_fmt(attack)} |',
+      f'| ATA-paper (the paper\'s protocol) | {_fmt(t.get("ata_paper"))} |',
+      f'| paper attack | {_fmt(t.get("paper_attack"))} |',
+      f'| training attack | {_fmt(t.get("train_attack"))} |',
+      f'| test examples | {_fmt(t.get("test_count"))} |',
+      f'| checkpoint (selected on validation) | step '
+      f'{_fmt(t.get("selected_step"))} |',
       f'| non-zeros | {_fmt(t.get("nnz"))} |',
       f'| accounted bits (paper) | {_fmt(total["accounted_bits"])} |',
       f'| paper compression ratio | {_fmt(total.get("paper_ratio"))} |',
@@ -93,6 +103,8 @@ def write_model_card(packed_path: str, summary: Mapping[str, Any], *,
   ]
   for k, v in card['checks'].items():
     lines.append(f'| check: {k} | {_fmt(v)} |')
+  if command:
+    lines += ['', f'Produced by: `{command}`']
   lines += ['', 'Load with NumPy only: see `docs/deployment.md`.', '']
   with open(md_path, 'w') as f:
     f.write('\n'.join(lines))
