@@ -273,6 +273,28 @@ def finished_stages(workdir: str) -> list[tuple[reproduce.Stage, str]]:
   return found
 
 
+def _selected_stages(workdir, methods, gap_threshold, batch_size):
+  """The finished stages to attack; checks the shared arguments.
+
+  Raises:
+    ValueError: a bad ``gap_threshold`` or ``batch_size``, or no finished
+      stage (of ``methods``) under ``workdir``.
+  """
+  if not 0.0 <= gap_threshold <= 1.0:
+    raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
+  if batch_size < 1:
+    raise ValueError(f'batch_size={batch_size}; accepted: >= 1.')
+  stages = _stages(workdir)
+  if methods:
+    methods = reproduce.parse_methods(methods)
+    stages = [s for s in stages if s[0].method in methods]
+  if not stages:
+    raise ValueError(f'{workdir!r} holds no finished stage'
+                     + (f' of methods {list(methods)}' if methods else '')
+                     + '; accepted: a workdir of experiments.reproduce.')
+  return stages
+
+
 def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
                      max_examples: Optional[int] = 1000,
                      batch_size: int = 250, seed: int = 0,
@@ -295,18 +317,7 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
   Raises:
     ValueError: no finished stage under ``workdir``, or bad settings.
   """
-  if not 0.0 <= gap_threshold <= 1.0:
-    raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size}; accepted: >= 1.')
-  stages = _stages(workdir)
-  if methods:
-    methods = reproduce.parse_methods(methods)
-    stages = [s for s in stages if s[0].method in methods]
-  if not stages:
-    raise ValueError(f'{workdir!r} holds no finished stage'
-                     + (f' of methods {list(methods)}' if methods else '')
-                     + '; accepted: a workdir of experiments.reproduce.')
+  stages = _selected_stages(workdir, methods, gap_threshold, batch_size)
   rows, names = [], None
   for stage, stage_dir in stages:
     res = evaluate_stage(stage_dir, settings_kw, max_examples=max_examples,
@@ -537,18 +548,7 @@ def evaluate_autoattack(workdir: str, *,
   Raises:
     ValueError: no finished stage under ``workdir``, or bad settings.
   """
-  if not 0.0 <= gap_threshold <= 1.0:
-    raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
-  if batch_size < 1:
-    raise ValueError(f'batch_size={batch_size}; accepted: >= 1.')
-  stages = _stages(workdir)
-  if methods:
-    methods = reproduce.parse_methods(methods)
-    stages = [s for s in stages if s[0].method in methods]
-  if not stages:
-    raise ValueError(f'{workdir!r} holds no finished stage'
-                     + (f' of methods {list(methods)}' if methods else '')
-                     + '; accepted: a workdir of experiments.reproduce.')
+  stages = _selected_stages(workdir, methods, gap_threshold, batch_size)
   rows = []
   for stage, stage_dir in stages:
     res = evaluate_autoattack_stage(

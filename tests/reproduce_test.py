@@ -460,6 +460,20 @@ if __name__ == '__main__':
   absltest.main()
 
 
+class AttackArgumentsTest(absltest.TestCase):
+
+  def test_both_suites_check_their_arguments_and_the_workdir(self):
+    workdir = _tempdir(self)
+    for fn in (evaluate_attacks.evaluate_attacks,
+               evaluate_attacks.evaluate_autoattack):
+      with self.assertRaisesRegex(ValueError, r'gap_threshold=2.*\[0, 1\]'):
+        fn(workdir, gap_threshold=2.0)
+      with self.assertRaisesRegex(ValueError, r'batch_size=0.*>= 1'):
+        fn(workdir, batch_size=0)
+      with self.assertRaisesRegex(ValueError, 'holds no finished stage'):
+        fn(workdir)
+
+
 class PaperComparisonTest(absltest.TestCase):
 
   def test_readoffs_and_matching(self):
