@@ -200,6 +200,22 @@ def _stages(workdir: str) -> list[tuple[reproduce.Stage, str]]:
   return finished_stages(workdir)
 
 
+def _read_cache(path: str, key_info: Mapping[str, Any],
+                gap_threshold: float) -> Optional[dict[str, Any]]:
+  """A stage's cached results if they were made with ``key_info``, or None.
+
+  The masking flag is recomputed for the current ``gap_threshold``.
+  """
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    cached = json.load(f)
+  if not all(cached.get(k) == v for k, v in key_info.items()):
+    return None
+  cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
+  return cached
+
+
 def evaluate_stage(stage_dir: str, settings_kw: Mapping[str, Any], *,
                    max_examples: Optional[int], batch_size: int, seed: int,
                    gap_threshold: float) -> dict[str, Any]:
@@ -218,12 +234,9 @@ def evaluate_stage(stage_dir: str, settings_kw: Mapping[str, Any], *,
   settings = attack_settings(config, **settings_kw)
   key_info = dict(settings=settings, max_examples=max_examples, seed=seed)
   cache = _outputs(stage_dir, ATTACKS_FILE)
-  if os.path.exists(cache):
-    with open(cache) as f:
-      cached = json.load(f)
-    if all(cached.get(k) == v for k, v in key_info.items()):
-      cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
-      return cached
+  cached = _read_cache(cache, key_info, gap_threshold)
+  if cached is not None:
+    return cached
   start = time.time()
   dep = _load_model(stage_dir)
   logits_fn = dep.logits_fn()
@@ -427,12 +440,9 @@ def evaluate_autoattack_stage(stage_dir: str, settings_kw: Mapping[str, Any],
   settings = autoattack_settings(config, **settings_kw)
   key_info = dict(settings=settings, max_examples=max_examples, seed=seed)
   cache = _outputs(stage_dir, AUTOATTACK_FILE)
-  if os.path.exists(cache):
-    with open(cache) as f:
-      cached = json.load(f)
-    if all(cached.get(k) == v for k, v in key_info.items()):
-      cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
-      return cached
+  cached = _read_cache(cache, key_info, gap_threshold)
+  if cached is not None:
+    return cached
   start = time.time()
   dep = _load_model(stage_dir)
   logits_fn = dep.logits_fn()
