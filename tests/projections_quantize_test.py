@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from atmc_jax import projections
+from atmc_jax.projections import _quantize
 
 _SHAPES = [(2, 5), (3, 4), (1, 7)]
 
@@ -179,6 +180,42 @@ def test_atmc_is_feasible():
   for n in ('a', 'b'):
     assert _distinct_nonzero(out[n]) <= 2 ** bits
   np.testing.assert_array_equal(out['bias'], tree['bias'])
+
+
+@pytest.mark.parametrize('init', ['quantile', 'forgy'])
+def test_shared_programs_and_budget_hint_change_nothing(init):
+  # Leaves of one shape share a vmapped program, and ``max_nonzeros`` drops
+  # unreachable compacted copies: both must leave every value bit-identical
+  # to quantising each leaf on its own without the hint. The 256 x 256
+  # leaves take the compacted path (capacity 1024 at 600 non-zeros); the
+  # reference is the per-leaf solver with the leaf's own key.
+  key = jax.random.key(7) if init == 'forgy' else None
+  ks = jax.random.split(jax.random.key(8), 6)
+  tree = {'a': jax.random.t(ks[0], 3.0, (20, 30)),
+          'b': jax.random.t(ks[1], 3.0, (20, 30)),
+          'c': jax.random.t(ks[2], 3.0, (7, 9))}
+  for i, name in enumerate(('big1', 'big2')):
+    pos = jax.random.choice(ks[3 + i], 256 * 256, (600,), replace=False)
+    tree[name] = jnp.zeros((256 * 256,)).at[pos].set(
+        jax.random.normal(ks[5], (600,))).reshape(256, 256)
+  tree['bias'] = jnp.ones((5,))
+  opts = dict(init=init, key=key)
+  grouped = jax.jit(lambda t: projections.project_quantize(
+      t, 3, max_nonzeros=600, **opts))(tree)
+  names = sorted(tree)
+  leaf_keys = dict(zip(names, jax.random.split(key, len(names))
+                       if key is not None else [None] * len(names)))
+  for name in names:
+    if name == 'bias':
+      continue
+    max_iters, tol = _quantize._resolve_options('lloyd', None, None, init,
+                                                key)
+    alone = jax.jit(lambda x, k: _quantize._quantize_leaf(  # pylint: disable=cell-var-from-loop
+        x, 3, 'lloyd', max_iters, tol, init, k))(tree[name], leaf_keys[name])
+    np.testing.assert_array_equal(grouped[name], alone, err_msg=name)
+  np.testing.assert_array_equal(grouped['bias'], tree['bias'])
+  with pytest.raises(ValueError, match=r'max_nonzeros .*\[0, inf\)'):
+    projections.project_quantize(tree, 3, max_nonzeros=-1)
 
 
 def test_bad_input():

@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import numpy as np
+
 from atmc_jax._src import base
 from atmc_jax._src import tree_utils
 from atmc_jax.projections import _l0
@@ -45,5 +47,9 @@ def project_atmc(tree: base.PyTree, k, bits: int,
   _quantize.check_bits(bits)
   mask = tree_utils.resolve_mask(tree, mask)
   sparse = _l0.project_l0(tree, k, mask)
+  # A static budget bounds every leaf's non-zeros: the quantiser then
+  # compiles only the compacted copies it can reach.
+  static_k = (int(k) if isinstance(k, (int, np.integer))
+              and not isinstance(k, bool) else None)
   return _quantize.project_quantize(sparse, bits, mask, method=method,
-                                    **kwargs)
+                                    max_nonzeros=static_k, **kwargs)

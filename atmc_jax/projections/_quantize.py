@@ -210,7 +210,8 @@ def _centres(v, n_levels, method, max_iters, tol, init, key):
   return feasible, jax.lax.cond(feasible, skip, solve, None)
 
 
-def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key):
+def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key,
+                   max_nonzeros=None):
   """Quantises a float vector (compute dtype); returns the new vector."""
   n = flat.shape[0]
   solve = lambda v: _centres(v, n_levels, method, max_iters, tol, init, key)
@@ -237,11 +238,17 @@ def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key):
   caps = []
   if n >= _COMPACT_MIN_SIZE:
     caps = sorted({n // d for d in _COMPACT_DIVISORS if n // d > n_levels})
-  if not caps:
-    return dense(None)
+  branches = [sparse(c) for c in caps] + [dense]
+  if max_nonzeros is not None:
+    # With nnz <= max_nonzeros the switch index below never exceeds the
+    # number of capacities under that bound: drop the unreachable branches
+    # (each is a whole sort + Lloyd program to compile).
+    branches = branches[:1 + sum(c < max_nonzeros for c in caps)]
+  if len(branches) == 1:
+    return branches[0](None)
   nnz = jnp.sum(flat != 0, dtype=jnp.int32)
-  index = sum((nnz > c).astype(jnp.int32) for c in caps)
-  return jax.lax.switch(index, [sparse(c) for c in caps] + [dense], None)
+  index = sum((nnz > c).astype(jnp.int32) for c in caps[:len(branches) - 1])
+  return jax.lax.switch(index, branches, None)
 
 
 def _resolve_options(method, max_iters, tol, init, key):
@@ -264,14 +271,16 @@ def _resolve_options(method, max_iters, tol, init, key):
   return max_iters, tol
 
 
-def _quantize_leaf(x, bits, method, max_iters, tol, init, key):
+def _quantize_leaf(x, bits, method, max_iters, tol, init, key,
+                   max_nonzeros=None):
   x = jnp.asarray(x)
   n_levels = 2 ** bits
   if x.size <= n_levels:
     return x
   fdtype, _ = _compute_dtypes(x.dtype)
   flat = jnp.ravel(x).astype(fdtype)
-  out = _quantize_flat(flat, n_levels, method, max_iters, tol, init, key)
+  out = _quantize_flat(flat, n_levels, method, max_iters, tol, init, key,
+                       max_nonzeros)
   # Traced leaves cannot be checked: a non-finite entry makes the whole
   # quantised leaf NaN rather than a codebook built around it.
   out = jnp.where(jnp.all(jnp.isfinite(flat)), out,
@@ -305,7 +314,8 @@ def _leaf_keys(tree, mask, key):
 def project_quantize(tree: base.PyTree, bits: int,
                      mask: base.MaskOrFn = None, *, method: str = 'lloyd',
                      max_iters: int | None = None, tol: float | None = None,
-                     init: str = 'quantile', key: Any = None) -> base.PyTree:
+                     init: str = 'quantile', key: Any = None,
+                     max_nonzeros: int | None = None) -> base.PyTree:
   r"""Quantises each selected leaf to ``<= 2**bits`` distinct non-zeros.
 
   Per selected leaf ``x`` (``K = 2**bits``), approximately (``lloyd``) or
@@ -364,26 +374,73 @@ def project_quantize(tree: base.PyTree, bits: int,
       (default 0.0, or 1e-2 with forgy init).
     init: ``"quantile"`` (deterministic) or ``"forgy"`` (needs ``key``).
     key: a PRNG key for ``init="forgy"``; split once per leaf.
+    max_nonzeros: an optional Python int bounding every selected leaf's
+      number of non-zeros (e.g. the budget after ``project_l0``). It only
+      removes compacted copies the bound makes unreachable, so the result
+      is unchanged while the compiled program shrinks; a leaf with more
+      non-zeros than the bound gives undefined results.
 
   Returns:
     A pytree with ``tree``'s structure and dtypes.
 
   Raises:
-    ValueError: ``bits`` is not an int in ``[1, 16]``, an option is not
+    ValueError: ``bits`` is not an int in ``[1, 16]``, ``max_nonzeros`` is
+      not None or an int >= 0, an option is not
       one of the accepted values, the mask does not match ``tree``, a
       selected leaf is not floating point, or a concrete selected leaf has
       a non-finite entry.
   """
   check_bits(bits)
   max_iters, tol = _resolve_options(method, max_iters, tol, init, key)
+  if max_nonzeros is not None and (
+      isinstance(max_nonzeros, bool)
+      or not isinstance(max_nonzeros, (int, np.integer)) or max_nonzeros < 0):
+    raise ValueError('max_nonzeros must be None or a Python int in [0, inf), '
+                     f'got {max_nonzeros!r}.')
   mask = tree_utils.resolve_mask(tree, mask)
   leaves, treedef = jax.tree.flatten(tree)
   sel = treedef.flatten_up_to(mask)
   _check_finite(leaves, sel)
   keys = _leaf_keys(tree, mask, key)
-  out = [_quantize_leaf(x, bits, method, max_iters, tol, init, kk) if m else x
-         for x, m, kk in zip(leaves, sel, keys)]
+  out = list(leaves)
+  for group in _same_program_groups(leaves, sel, bits, max_nonzeros):
+    if len(group) == 1:
+      i, = group
+      out[i] = _quantize_leaf(leaves[i], bits, method, max_iters, tol, init,
+                              keys[i], max_nonzeros)
+      continue
+    # Leaves of one shape and dtype share one vmapped program: the same
+    # per-leaf arithmetic, compiled once instead of once per leaf.
+    solve = lambda x, kk: _quantize_leaf(x, bits, method, max_iters, tol,
+                                         init, kk, max_nonzeros)
+    stacked = jnp.stack([jnp.asarray(leaves[i]) for i in group])
+    if key is None:
+      batch = jax.vmap(lambda x: solve(x, None))(stacked)
+    else:
+      batch = jax.vmap(solve)(stacked, jnp.stack([keys[i] for i in group]))
+    for j, i in enumerate(group):
+      out[i] = batch[j]
   return jax.tree.unflatten(treedef, out)
+
+
+def _same_program_groups(leaves, sel, bits, max_nonzeros):
+  """Indices of the selected leaves, grouped where one program serves all.
+
+  Leaves with the same shape and dtype are grouped when their quantiser is
+  a single branch (no switch between compacted copies, which ``vmap`` would
+  turn into computing every copy); every other leaf is its own group.
+  """
+  groups: dict[Any, list[int]] = {}
+  for i, (x, m) in enumerate(zip(leaves, sel)):
+    if not m:
+      continue
+    shape, dtype = jnp.shape(x), jnp.result_type(x)
+    size = int(np.prod(shape, dtype=np.int64))
+    single = size < _COMPACT_MIN_SIZE or (
+        max_nonzeros is not None
+        and max_nonzeros <= size // max(_COMPACT_DIVISORS))
+    groups.setdefault((shape, dtype) if single else i, []).append(i)
+  return list(groups.values())
 
 
 def _codebook_leaf(q, n_levels):
