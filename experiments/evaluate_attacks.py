@@ -38,7 +38,7 @@ and the outputs are ``<file stem>.attacks.{csv,md,json}`` (or
 Usage::
 
   python -m experiments.evaluate_attacks --workdir runs/quick \
-      [--max_examples 1000] [--eps_scales 0.5,1,2] [--suite autoattack]
+      [--max_examples 1000|all] [--eps_scales 0.5,1,2] [--suite autoattack]
   python -m experiments.evaluate_attacks --workdir model.atmc
 """
 
@@ -165,7 +165,8 @@ def test_split(config, max_examples: Optional[int]):
   else:
     from atmc_jax import training  # pylint: disable=g-import-not-at-top
     images, labels = training.load_data(config)['test']
-  if max_examples:
+  check_max_examples(max_examples)
+  if max_examples is not None:
     images, labels = images[:max_examples], labels[:max_examples]
   return images, labels
 
@@ -286,13 +287,40 @@ def finished_stages(workdir: str) -> list[tuple[reproduce.Stage, str]]:
   return found
 
 
-def _selected_stages(workdir, methods, gap_threshold, batch_size):
+def check_max_examples(max_examples: Optional[int]) -> None:
+  """``None`` (the whole test split) or an integer >= 1."""
+  if max_examples is not None and (
+      isinstance(max_examples, bool)
+      or not isinstance(max_examples, (int, np.integer))
+      or max_examples < 1):
+    raise ValueError(f'max_examples={max_examples!r} is invalid; accepted: '
+                     'an integer >= 1, or None (the whole test split).')
+
+
+def parse_max_examples(value: str) -> Optional[int]:
+  """The ``--max_examples`` flag: ``all`` or an integer >= 1."""
+  if value.strip().lower() == 'all':
+    return None
+  try:
+    n = int(value)
+  except ValueError:
+    n = None
+  if n is None or n < 1:
+    raise ValueError(f'--max_examples={value} is invalid; accepted: an '
+                     "integer >= 1, or 'all' (the whole test split).")
+  return n
+
+
+def _selected_stages(workdir, methods, gap_threshold, batch_size,
+                     max_examples):
   """The finished stages to attack; checks the shared arguments.
 
   Raises:
-    ValueError: a bad ``gap_threshold`` or ``batch_size``, or no finished
-      stage (of ``methods``) under ``workdir``.
+    ValueError: a bad ``gap_threshold``, ``batch_size`` or
+      ``max_examples``, or no finished stage (of ``methods``) under
+      ``workdir``.
   """
+  check_max_examples(max_examples)
   if not 0.0 <= gap_threshold <= 1.0:
     raise ValueError(f'gap_threshold={gap_threshold}; accepted: [0, 1].')
   if batch_size < 1:
@@ -330,7 +358,8 @@ def evaluate_attacks(workdir: str, *, methods: Optional[Sequence[str]] = None,
   Raises:
     ValueError: no finished stage under ``workdir``, or bad settings.
   """
-  stages = _selected_stages(workdir, methods, gap_threshold, batch_size)
+  stages = _selected_stages(workdir, methods, gap_threshold, batch_size,
+                            max_examples)
   rows, names = [], None
   for stage, stage_dir in stages:
     res = evaluate_stage(stage_dir, settings_kw, max_examples=max_examples,
@@ -558,7 +587,8 @@ def evaluate_autoattack(workdir: str, *,
   Raises:
     ValueError: no finished stage under ``workdir``, or bad settings.
   """
-  stages = _selected_stages(workdir, methods, gap_threshold, batch_size)
+  stages = _selected_stages(workdir, methods, gap_threshold, batch_size,
+                            max_examples)
   rows = []
   for stage, stage_dir in stages:
     res = evaluate_autoattack_stage(
@@ -589,8 +619,9 @@ _WORKDIR = flags.DEFINE_string(
     'file of experiments.export.')
 _METHODS = flags.DEFINE_list('methods', None,
                              'Only these methods (default: all finished).')
-_MAX_EXAMPLES = flags.DEFINE_integer(
-    'max_examples', 1000, 'First N test examples (0: the whole test split).')
+_MAX_EXAMPLES = flags.DEFINE_string(
+    'max_examples', '1000', "First N test examples (N >= 1), or 'all' (the "
+    'whole test split).')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 250, 'Attack batch size.')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed of the random starts.')
 _EPS_SCALES = flags.DEFINE_list(
@@ -614,10 +645,14 @@ _SUITE = flags.DEFINE_enum(
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    max_examples = parse_max_examples(_MAX_EXAMPLES.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   if _SUITE.value == 'autoattack':
     evaluate_autoattack(
         _WORKDIR.value, methods=_METHODS.value,
-        max_examples=_MAX_EXAMPLES.value or None,
+        max_examples=max_examples,
         batch_size=_BATCH_SIZE.value, seed=_SEED.value,
         gap_threshold=_GAP.value)
     with open(_outputs(_WORKDIR.value, 'autoattack.md')) as f:
@@ -625,7 +660,7 @@ def main(argv: Sequence[str]) -> None:
     return
   evaluate_attacks(
       _WORKDIR.value, methods=_METHODS.value,
-      max_examples=_MAX_EXAMPLES.value or None,
+      max_examples=max_examples,
       batch_size=_BATCH_SIZE.value, seed=_SEED.value,
       gap_threshold=_GAP.value,
       eps_scales=[float(s) for s in _EPS_SCALES.value],

@@ -60,6 +60,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from experiments import _cli
 from experiments import _logs
 from experiments import _report
 
@@ -805,4 +806,4 @@ if __name__ == '__main__':
   flags.DEFINE_bool('library_logs', False, 'Also show the INFO/WARNING log '
                     'lines of the libraries (orbax, ...).')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=_cli.parse_flags)

@@ -470,6 +470,11 @@ class AttackArgumentsTest(absltest.TestCase):
         fn(workdir, gap_threshold=2.0)
       with self.assertRaisesRegex(ValueError, r'batch_size=0.*>= 1'):
         fn(workdir, batch_size=0)
+      for bad in (0, -5):
+        with self.assertRaisesRegex(
+            ValueError, rf'max_examples={bad} is invalid; accepted: an '
+            r'integer >= 1, or None \(the whole test split\)'):
+          fn(workdir, max_examples=bad)
       with self.assertRaisesRegex(ValueError, 'holds no finished stage'):
         fn(workdir)
 

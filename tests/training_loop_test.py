@@ -1,7 +1,9 @@
 """train_and_evaluate: resume equivalence, best checkpoint, NaN stop, warm start."""
 
 import json
+import logging
 import os
+import shutil
 import signal
 import tempfile
 
@@ -155,6 +157,11 @@ def test_reports_the_checkpoint_selected_on_validation(tmp_path,
       1.25 * config.eval.attack.epsilon / config.train_attack.num_steps)
 
 
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
 def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
   workdir, summary = full_run
   resumed = str(tmp_path / 'resumed')
@@ -163,6 +170,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
   assert not os.path.exists(os.path.join(resumed, 'summary.json'))
   mid, meta = _final_state(resumed)
   assert int(mid['step']) == 3 and meta['batch'] == 3 and meta['epoch'] == 0
+  # The unfinished run cannot seed another stage.
+  with pytest.raises(ValueError, match='not a finished run.*summary.json'):
+    _warm_started('atmc32', resumed)
+  # A kill after an epoch's metrics line and before its checkpoint: the
+  # line is on disk, the checkpoint is not.
+  with open(os.path.join(resumed, 'metrics.jsonl'), 'a') as f:
+    f.write(json.dumps(dict(_records(workdir)[0], train_loss=-1.0)) + '\n')
   final = training.train_and_evaluate(tiny_config(), resumed)
   assert final['status'] == 'finished'
   a, _ = _final_state(workdir)
@@ -172,6 +186,107 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(full_run, tmp_path):
   chex.assert_trees_all_equal(a['opt_state'], b['opt_state'])
   for key in ('test_accuracy', 'test_adv_accuracy', 'nnz'):
     assert final[key] == summary[key]
+  # metrics.jsonl: no duplicate epoch record; the epoch cut at step 3 has
+  # the training averages of the uninterrupted run (all 4 steps).
+  assert _records(resumed) == _records(workdir)
+
+
+def test_corrupt_checkpoint_falls_back_and_continues_bit_identically(
+    full_run, tmp_path, caplog):
+  workdir, summary = full_run
+  resumed = str(tmp_path / 'resumed')
+  training.train_and_evaluate(tiny_config(max_steps=6), resumed)
+  ckpt_dir = os.path.join(resumed, 'checkpoints')
+  assert sorted(os.listdir(ckpt_dir)) == ['2', '4', '6']
+  # A flipped bit in one of step 6's array files.
+  data_dir = os.path.join(ckpt_dir, '6', 'state', 'ocdbt.process_0', 'd')
+  path = os.path.join(data_dir, sorted(os.listdir(data_dir))[0])
+  with open(path, 'r+b') as f:
+    data = bytearray(f.read())
+    data[len(data) // 2] ^= 1
+    f.seek(0)
+    f.write(data)
+  # All checkpoints corrupt: a copy of the workdir stops with an error
+  # naming them, before training.
+  broken = str(tmp_path / 'broken')
+  shutil.copytree(resumed, broken)
+  for step in ('2', '4'):
+    os.remove(os.path.join(broken, 'checkpoints', step, 'state', '_METADATA'))
+  with pytest.raises(training.CheckpointError,
+                     match=r'step 6 .*mismatch.*step 4 .*_METADATA: missing'
+                     r'.*step 2 '):
+    training.train_and_evaluate(tiny_config(), broken)
+  caplog.set_level(logging.WARNING)
+  caplog.clear()
+  final = training.train_and_evaluate(tiny_config(), resumed)
+  lines = [r.getMessage() for r in caplog.records
+           if r.filename == '_checkpoint.py' and r.levelno == logging.WARNING]
+  assert len(lines) == 1 and 'step 6' in lines[0], lines
+  assert os.path.relpath(path, os.path.join(ckpt_dir, '6')) in lines[0]
+  assert '6.corrupt-1' in os.listdir(ckpt_dir)
+  a, _ = _final_state(workdir)
+  b, _ = _final_state(resumed)
+  chex.assert_trees_all_equal(a, b)
+  assert final['test_adv_accuracy'] == summary['test_adv_accuracy']
+  assert _records(resumed) == _records(workdir)
+
+
+def test_a_finished_run_is_left_alone_unless_reevaluated(full_run):
+  workdir, summary = full_run
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'rb') as f:
+    metrics = f.read()
+  mtime = os.path.getmtime(os.path.join(workdir, 'summary.json'))
+  again = training.train_and_evaluate(tiny_config(), workdir)
+  assert again['ta'] == summary['ta'] and again['status'] == 'finished'
+  out = training.train_and_evaluate(tiny_config(), workdir, reevaluate=True)
+  with open(os.path.join(workdir, 'summary.reevaluated.1.json')) as f:
+    assert json.load(f)['test_adv_accuracy'] == out['test_adv_accuracy']
+  assert out['test_accuracy'] == summary['test_accuracy']
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'rb') as f:
+    assert f.read() == metrics  # No second test record.
+  assert os.path.getmtime(os.path.join(workdir, 'summary.json')) == mtime
+
+
+def test_a_workdir_belongs_to_one_config(full_run, tmp_path):
+  workdir, _ = full_run
+  before = sorted(os.listdir(workdir))
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = f.read()
+  with pytest.raises(ValueError, match=r'learning_rate: 0.05 -> 0.1; '
+                     r'train_attack.num_steps: 1 -> 2\). A workdir belongs'):
+    training.train_and_evaluate(
+        tiny_config(learning_rate=0.1, num_epochs=3,
+                    train_attack=dict(tiny_config().train_attack,
+                                      num_steps=2)),
+        workdir, allow_config_change=['num_epochs'])
+  with pytest.raises(ValueError, match=r'allow_config_change=learning_rate '
+                     r'is invalid; accepted: any of num_epochs'):
+    training.train_and_evaluate(tiny_config(learning_rate=0.1), workdir,
+                                allow_config_change=['learning_rate'])
+  with pytest.raises(ValueError, match=r'num_epochs: 2 -> 3'):
+    training.train_and_evaluate(tiny_config(num_epochs=3), workdir)
+  assert sorted(os.listdir(workdir)) == before
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert f.read() == saved
+  # Allowed: one more epoch on a copy; the earlier config and summary are
+  # kept beside the new ones.
+  longer = str(tmp_path / 'longer')
+  shutil.copytree(workdir, longer)
+  out = training.train_and_evaluate(
+      tiny_config(num_epochs=3, log_every_steps=2), longer,
+      allow_config_change=['num_epochs', 'log_every_steps'])
+  assert out['status'] == 'finished' and out['steps'] == 12
+  with open(os.path.join(longer, 'config.1.json')) as f:
+    assert f.read() == saved
+  with open(os.path.join(longer, 'config.json')) as f:
+    assert json.load(f)['num_epochs'] == 3
+  with open(os.path.join(longer, 'summary.1.json')) as f:
+    assert json.load(f)['steps'] == 8
+  records = _records(longer)
+  assert [(r['split'], r['step']) for r in records[:2]] == [
+      ('val', 4), ('val', 8)]
+  assert records[:2] == _records(workdir)[:2]
+  assert [r['split'] for r in records] == ['val', 'val', 'val', 'test']
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

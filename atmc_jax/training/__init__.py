@@ -4,6 +4,7 @@
 """
 
 from atmc_jax.training import parallel
+from atmc_jax.training._checkpoint import CheckpointError
 from atmc_jax.training._checkpoint import Checkpoints
 from atmc_jax.training._checkpoint import restore_state_dict
 from atmc_jax.training._config import apply_stage

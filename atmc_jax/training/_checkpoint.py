@@ -10,17 +10,183 @@ Orbax writes each step to a temporary directory and renames it when
 complete, so an interrupted save never leaves a half-written checkpoint.
 Saves are synchronous: the loop saves rarely, and a synchronous save is
 finished when SIGTERM handling returns.
+
+Integrity: once orbax has finished a step, the SHA-256 of every file in the
+step directory is written to ``<step>/sha256.json`` (the digest covers the
+files orbax wrote, whatever its layout; the digest file itself excluded).
+Every restore first checks the files against it. A checkpoint whose files do
+not match (a changed, truncated, missing or extra file) or that does not
+load is reported in one warning line, renamed aside to
+``<step>.corrupt-<n>`` (outside orbax's step names, so the manager ignores
+it; nothing is deleted), and the next older checkpoint is tried. Only when
+none is left does the restore raise :class:`CheckpointError`, naming them;
+it raises the same while the set-aside checkpoints are all a series has, so
+a rerun never silently starts over. A checkpoint written before digests
+existed (no ``sha256.json``) is loaded with a one-line warning. A
+checkpoint whose files verify but which does not fit the restore target is
+not corrupt: that error propagates and nothing is renamed.
 """
 
+import hashlib
+import json
 import os
-from typing import Any
+import re
+from typing import Any, Callable, Sequence
 
 import flax.serialization
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from absl import logging
+
 from atmc_jax._src import base
+
+DIGEST_FILE = 'sha256.json'
+_ASIDE = re.compile(r'^(\d+)\.corrupt-(\d+)$')
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a series verifies and loads."""
+
+
+def _file_digests(step_dir: str) -> dict[str, str]:
+  """``{relative path: SHA-256}`` of the files under ``step_dir``."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, step_dir).replace(os.sep, '/')
+      if rel == DIGEST_FILE:
+        continue
+      sha = hashlib.sha256()
+      with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+          sha.update(chunk)
+      out[rel] = sha.hexdigest()
+  return dict(sorted(out.items()))
+
+
+def write_digest(step_dir: str) -> None:
+  """Writes ``sha256.json`` for a finished step directory (atomically)."""
+  digests = _file_digests(step_dir)
+  path = os.path.join(step_dir, DIGEST_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump({'algorithm': 'sha256', 'files': digests}, f, indent=1)
+  os.replace(tmp, path)
+
+
+def verify_digest(step_dir: str) -> str | None:
+  """Why ``step_dir`` fails its digest (``None``: it verifies).
+
+  Raises:
+    FileNotFoundError: the step has no ``sha256.json`` (written before
+      digests existed, or the process died between the save and it).
+  """
+  path = os.path.join(step_dir, DIGEST_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(path)
+  try:
+    with open(path) as f:
+      recorded = json.load(f)['files']
+    if not isinstance(recorded, dict):
+      raise TypeError(type(recorded).__name__)
+  except (ValueError, KeyError, TypeError) as e:
+    return f'{DIGEST_FILE}: unreadable ({type(e).__name__}: {e})'
+  found = _file_digests(step_dir)
+  for rel, digest in recorded.items():
+    if rel not in found:
+      return f'{rel}: missing'
+    if found[rel] != digest:
+      return (f'{rel}: SHA-256 mismatch (recorded {digest[:12]}..., '
+              f'found {found[rel][:12]}...)')
+  extra = sorted(set(found) - set(recorded))
+  if extra:
+    return f'{extra[0]}: not in the digest (unexpected file)'
+  return None
+
+
+def set_aside(step_dir: str) -> str:
+  """Renames ``<step>`` to ``<step>.corrupt-<n>`` (first free n)."""
+  n = 1
+  while os.path.exists(f'{step_dir}.corrupt-{n}'):
+    n += 1
+  aside = f'{step_dir}.corrupt-{n}'
+  os.rename(step_dir, aside)
+  return aside
+
+
+def set_aside_steps(directory: str) -> list[str]:
+  """The names of the checkpoints set aside in a series directory."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(n for n in os.listdir(directory) if _ASIDE.match(n))
+
+
+def _first_good(candidates: Sequence[tuple[Any, int]],
+                load: Callable[[Any, int], Any], series: str):
+  """``load(manager, step)`` of the first candidate that verifies and loads.
+
+  Each candidate that fails is reported, set aside (by process 0) and
+  skipped; the managers are reloaded after a rename.
+
+  Args:
+    candidates: ``(manager, step)`` pairs, in order of preference.
+    load: reads one candidate.
+    series: the series directory the candidates stand for; its set-aside
+      checkpoints make an empty candidate list an error.
+
+  Returns:
+    What ``load`` returned, or ``None`` for no candidates and nothing set
+    aside.
+
+  Raises:
+    CheckpointError: none verifies and loads, or ``series`` holds only
+      set-aside checkpoints.
+  """
+  failures = []
+  for manager, step in candidates:
+    directory = str(manager.directory)
+    step_dir = os.path.join(directory, str(step))
+    if not os.path.isdir(step_dir):  # Set aside by an earlier candidate.
+      continue
+    try:
+      why = verify_digest(step_dir)
+      verified = why is None
+    except FileNotFoundError:
+      why, verified = None, False
+      logging.warning('checkpoint %s has no %s (written before digests '
+                      'existed, or the save was cut short): loading it '
+                      'unverified.', step_dir, DIGEST_FILE)
+    if why is None:
+      try:
+        return load(manager, step)
+      except Exception as e:  # pylint: disable=broad-except
+        if verified:  # Intact files: a mismatch of target, not corruption.
+          raise
+        why = f'does not load ({type(e).__name__}: {_first_line(e)})'
+    aside = step_dir
+    if jax.process_index() == 0:
+      aside = set_aside(step_dir)
+      manager.reload()
+    logging.warning('checkpoint step %d in %s is corrupt: %s; set aside as '
+                    '%s.', step, directory, why, os.path.basename(aside))
+    failures.append(f'step {step} in {directory} ({why}; now '
+                    f'{os.path.basename(aside)})')
+  earlier = set_aside_steps(series)
+  if failures or earlier:
+    raise CheckpointError(
+        f'no checkpoint of {series} verifies: '
+        + '; '.join(failures or [f'set aside earlier: {", ".join(earlier)}'])
+        + '. The set-aside directories are kept for inspection; remove them '
+        '(or the workdir) to start over.')
+  return None
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return text.splitlines()[0] if text else ''
 
 
 def _to_numpy(tree: base.PyTree) -> base.PyTree:
@@ -76,6 +242,7 @@ class Checkpoints:
       return
     self._latest.save(step, args=self._args(state, meta), force=True)
     self._latest.wait_until_finished()
+    self._write_digest(self._latest, step)
 
   def save_best(self, step: int, state: base.PyTree, meta: dict[str, Any],
                 metrics: dict[str, float]) -> None:
@@ -86,6 +253,13 @@ class Checkpoints:
                     metrics={k: float(v) for k, v in metrics.items()},
                     force=True)
     self._best.wait_until_finished()
+    if step in self._best.all_steps():
+      self._write_digest(self._best, step)
+
+  @staticmethod
+  def _write_digest(manager, step):
+    if jax.process_index() == 0:
+      write_digest(os.path.join(str(manager.directory), str(step)))
 
   def _restore(self, manager, step, target):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
@@ -96,26 +270,36 @@ class Checkpoints:
     return _to_numpy(state), dict(out.meta)
 
   def restore(self, target: base.PyTree, step: int | None = None):
-    """Restores ``(state, meta)`` of ``step`` (default: the latest).
+    """Restores ``(state, meta)`` of the newest checkpoint that verifies.
 
     Args:
       target: a pytree with the state's structure, shapes and dtypes.
-      step: the step to restore.
+      step: restore this step only (no fallback to older ones).
 
     Returns:
       ``(state, meta)``, or ``(None, None)`` when there is no checkpoint.
+
+    Raises:
+      CheckpointError: checkpoints exist (or were set aside) but none
+        verifies and loads.
     """
-    step = self._latest.latest_step() if step is None else step
-    if step is None:
-      return None, None
-    return self._restore(self._latest, step, target)
+    steps = self._latest.all_steps() if step is None else [step]
+    out = _first_good([(self._latest, s) for s in sorted(steps,
+                                                         reverse=True)],
+                      lambda m, s: self._restore(m, s, target),
+                      str(self._latest.directory))
+    return (None, None) if out is None else out
 
   def restore_best(self, target: base.PyTree):
-    """Restores ``(state, meta)`` of the best checkpoint (or Nones)."""
-    step = self._best.best_step()
-    if step is None:
-      return None, None
-    return self._restore(self._best, step, target)
+    """Restores ``(state, meta)`` of the best checkpoint (or Nones).
+
+    A best checkpoint that fails to verify falls back to the latest series'
+    checkpoint of the same step, when that one is still kept.
+    """
+    out = _first_good(_best_candidates(self._best, self._latest),
+                      lambda m, s: self._restore(m, s, target),
+                      str(self._best.directory))
+    return (None, None) if out is None else out
 
   def close(self) -> None:
     self._latest.close()
@@ -139,23 +323,52 @@ def restore_state_dict(directory: str, *, best: bool = False
   Raises:
     ValueError: the directory holds no checkpoint.
   """
+  root = os.path.abspath(directory)
   sub = 'best' if best else 'checkpoints'
-  path = os.path.join(os.path.abspath(directory), sub)
+  path = os.path.join(root, sub)
   if not os.path.isdir(path):
     raise ValueError(f'config.init_from={directory!r} holds no {sub}/ '
                      'checkpoint directory; accepted: the workdir of a '
                      'finished run.')
-  manager = ocp.CheckpointManager(
-      path, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=('state', 'meta'))
-  step = manager.latest_step()
+
+  def manager_of(series):
+    return ocp.CheckpointManager(
+        os.path.join(root, series),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=('state', 'meta'))
+
+  def load(manager, step):
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    return out.state, dict(out.meta)
+
+  managers = [manager_of(sub)]
   if best:
-    steps = manager.all_steps()
-    step = steps[-1] if steps else None
-  if step is None:
+    if os.path.isdir(os.path.join(root, 'checkpoints')):
+      managers.append(manager_of('checkpoints'))
+    candidates = _best_candidates(*managers)
+  else:
+    candidates = [(managers[0], s)
+                  for s in sorted(managers[0].all_steps(), reverse=True)]
+  try:
+    out = _first_good(candidates, load, path)
+  finally:
+    for manager in managers:
+      manager.close()
+  if out is None:
     raise ValueError(f'config.init_from={directory!r}: {sub}/ is empty; '
                      'accepted: the workdir of a finished run.')
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
-  manager.close()
-  return out.state, dict(out.meta)
+  return out
+
+
+def _best_candidates(best, latest=None) -> list[tuple[Any, int]]:
+  """The best series' steps (newest first), then the same steps of latest."""
+  steps = sorted(best.all_steps(), reverse=True)
+  if not steps:  # The best step's directory may have been set aside.
+    steps = sorted({int(_ASIDE.match(n).group(1)) for n in
+                    set_aside_steps(str(best.directory))}, reverse=True)
+  out = [(best, s) for s in steps if s in best.all_steps()]
+  if latest is not None:
+    kept = set(latest.all_steps())
+    out += [(latest, s) for s in steps if s in kept]
+  return out

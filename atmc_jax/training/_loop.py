@@ -33,6 +33,14 @@ after it is saved, so the latest checkpoint is the last good one.
 Outputs in ``workdir``: ``checkpoints/``, ``best/``, ``metrics.jsonl`` (one
 line per evaluation), ``summary.json`` (written only when the run finishes)
 and ``config.json``.
+
+Reruns (``_workdir``): a workdir belongs to one config (a differing config
+is refused before anything is written, except the keys a caller allows); a
+finished workdir is left alone (``reevaluate`` evaluates it again into a new
+file); a resumed run first cuts ``metrics.jsonl`` back to the restored step,
+and the per-step training metrics of a checkpoint's epoch travel in its
+meta, so the epoch's averages equal those of an uninterrupted run.
+Checkpoints are verified on restore (``_checkpoint``).
 """
 
 import functools
@@ -41,7 +49,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from absl import logging
 import flax.serialization
@@ -60,10 +68,11 @@ from atmc_jax.training import _config
 from atmc_jax.training import _optimizer
 from atmc_jax.training import _state
 from atmc_jax.training import _steps
+from atmc_jax.training import _workdir
 from atmc_jax.training import parallel
 
-SUMMARY_FILE = 'summary.json'
-METRICS_FILE = 'metrics.jsonl'
+SUMMARY_FILE = _workdir.SUMMARY_FILE
+METRICS_FILE = _workdir.METRICS_FILE
 
 
 # ----------------------------------------------------------------- data
@@ -142,6 +151,7 @@ def init_variables(config, model, spec, key) -> tuple[Any, Any]:
   batch_stats = jax.device_get(variables.get('batch_stats', {}))
   if not config.init_from:
     return params, batch_stats
+  _workdir.require_finished(config.init_from)
   source, _ = _checkpoint.restore_state_dict(
       config.init_from, best=config.init_from_best)
   src_params = source['params']
@@ -342,13 +352,68 @@ def _json_default(x):
   return str(x)
 
 
+def _open_workdir(config, workdir, allow_config_change, reevaluate,
+                  is_main) -> dict[str, Any] | None:
+  """Checks a rerun against the workdir before anything is written.
+
+  Returns:
+    The saved summary of a finished run to leave alone, else ``None`` (the
+    config recorded, a finished run being extended reopened).
+  """
+  changes = _workdir.config_changes(workdir, config, allow_config_change)
+  finished = _workdir.is_finished(workdir)
+  old_epochs, new_epochs = (changes or {}).get('num_epochs', (0, 0))
+  extends = isinstance(old_epochs, int) and new_epochs > old_epochs
+  if reevaluate:
+    if not finished or extends:
+      raise ValueError(
+          f'reevaluate=True needs the finished run of {workdir!r} at its '
+          'config (' + ('num_epochs changed' if finished else
+                        f'it has no {SUMMARY_FILE}') + '); accepted: a '
+          'finished workdir rerun with its own config.')
+    return None
+  if finished and not extends:
+    logging.info('%s holds a finished run (%s); left alone (reevaluate=True '
+                 'evaluates it again into a new file).', workdir,
+                 SUMMARY_FILE)
+    return _workdir.read_summary(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    if finished:
+      _workdir.reopen_finished(workdir)
+    _workdir.record_config(workdir, config, changes)
+  return None
+
+
+def _check_progress(config, start_step, total_steps) -> None:
+  if start_step > total_steps:
+    raise ValueError(
+        f'config.num_epochs={config.num_epochs} ({total_steps} steps) is '
+        f'behind the restored step {start_step}; accepted: num_epochs '
+        'covering the steps already trained.')
+
+
+def _restored_epoch_log(meta) -> list[tuple[int, dict[str, float]]]:
+  """The per-step training metrics of the checkpoint's unfinished epoch."""
+  return [(int(s), dict(m)) for s, m in (meta or {}).get('epoch_log', [])]
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+                       workdir: str, *,
+                       allow_config_change: Sequence[str] = (),
+                       reevaluate: bool = False) -> dict[str, Any]:
   """Trains and evaluates one stage; resumes ``workdir`` if it has a run.
 
   Args:
     config: a training config (``experiments/configs/default.py``).
     workdir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go.
+    allow_config_change: keys that may differ from the workdir's saved
+      config (``_workdir.OVERRIDABLE_KEYS``: ``num_epochs`` to extend a run,
+      the logging and checkpoint cadence).
+    reevaluate: evaluate a finished run again on the test split, into
+      ``summary.reevaluated.<n>.json`` (``summary.json`` and
+      ``metrics.jsonl`` untouched); without it a finished run is left alone
+      and its saved summary returned.
 
   Returns:
     The summary: test TA / ATA of the trained and of the deployable params
@@ -361,7 +426,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     written only for finished runs).
 
   Raises:
-    ValueError: an invalid config (before anything is built).
+    ValueError: an invalid config (before anything is built), a config
+      that differs from the workdir's, an unfinished ``init_from``.
+    CheckpointError: the workdir's checkpoints exist but none verifies.
     FloatingPointError: a non-finite training loss.
   """
   wall_start = time.time()
@@ -376,10 +443,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   _config.validate_config(
       config, num_devices=len(devices) * jax.process_count())
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  finished = _open_workdir(config, workdir, allow_config_change, reevaluate,
+                           is_main)
+  if finished is not None:
+    return finished
 
   # Data.
   spec = data.DATASETS[config.dataset]
@@ -414,11 +481,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  else 'val_deployable_adv_accuracy')
   checkpoints = _checkpoint.Checkpoints(
       workdir, keep=config.keep_checkpoints, best_metric=best_metric)
-  restored, _ = checkpoints.restore(state)
+  restored, restored_meta = checkpoints.restore(state)
   if restored is not None:
     state = restored
     logging.info('Resumed %s at step %d.', workdir, int(state.step))
   start_step = int(state.step)
+  _check_progress(config, start_step, total_steps)
+  if is_main and not reevaluate:
+    _workdir.cut_metrics(workdir, start_step)
 
   # Steps.
   train_attack = _attack_kwargs(config.train_attack)
@@ -466,13 +536,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     out.update(_size_stats(compression, deployable, dense_count))
     return out, deployable
 
-  def meta(step):
+  def meta(step, epoch_log=()):
     return {'step': int(step), 'epoch': int(step) // steps_per_epoch,
             'batch': int(step) % steps_per_epoch,
-            'stage': config.stage}
+            'stage': config.stage,
+            'epoch_log': [[int(s), m] for s, m in epoch_log]}
 
   metrics_path = os.path.join(workdir, METRICS_FILE)
-  pending, epoch_log = [], []
+  pending, epoch_log = [], _restored_epoch_log(restored_meta)
   step = start_step
   stop_at = total_steps if config.max_steps is None else min(
       total_steps, config.max_steps)
@@ -481,7 +552,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   def save(host_state):
     checkpoints.save(int(host_state.step), host_state,
-                     meta(int(host_state.step)))
+                     meta(int(host_state.step), epoch_log))
 
   with _Preemption() as preemption:
     first_epoch = start_step // steps_per_epoch
@@ -612,7 +683,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     summary.update({f'test_deployable_strong_{k}': v
                     for k, v in strong.items()})
   summary['wall_time_s'] = time.time() - wall_start
-  if is_main:
+  if is_main and reevaluate:
+    path = _workdir.next_free(workdir, 'summary.reevaluated')
+    _write_json(path, summary)
+    logging.info('Reevaluated %s into %s.', workdir, path)
+  elif is_main:
     with open(metrics_path, 'a') as f:
       f.write(json.dumps(dict(step=selected_step, epoch=config.num_epochs,
                               split='test', **results),

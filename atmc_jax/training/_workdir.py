@@ -1,0 +1,201 @@
+"""What a workdir holds across runs: one config, exact metrics, a finish.
+
+A workdir belongs to one config. On a rerun, :func:`config_changes`
+compares the new (stage-applied) config with the saved ``config.json``
+before anything is written:
+
+* the run-control keys (:data:`RUN_CONTROL_KEYS`: when to stop, progress
+  bars, prefetch depth) never change what is computed and may differ freely;
+* the keys of :data:`OVERRIDABLE_KEYS` (more epochs, logging and checkpoint
+  cadence, checkpoints kept) may differ when the caller names them
+  (``allow_config_change``);
+* any other difference is refused, with one message listing every differing
+  key as ``old -> new``.
+
+:func:`record_config` writes ``config.json`` for a new run or an accepted
+change; the replaced file is kept as ``config.<n>.json``.
+
+``metrics.jsonl`` is kept exact across interruptions: on resume,
+:func:`cut_metrics` drops the records of steps after the restored one (and
+any test record of an unfinished run), so a record written before a kill and
+after the last checkpoint is not duplicated when its epoch is trained again.
+"""
+
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+SUMMARY_FILE = 'summary.json'
+METRICS_FILE = 'metrics.jsonl'
+
+# Keys that only say how a run is driven, never what it computes.
+RUN_CONTROL_KEYS = ('max_steps', 'progress', 'prefetch')
+# Keys a resumed run may change when asked to: a longer run (more epochs,
+# the learning-rate schedule does not depend on it) and the cadence of
+# logging (and the NaN check) and checkpoints.
+OVERRIDABLE_KEYS = ('num_epochs', 'log_every_steps', 'checkpoint_every_steps',
+                    'keep_checkpoints')
+_ABSENT = '<absent>'
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _as_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  return json.loads(config.to_json_best_effort())
+
+
+def check_allowed(allow_config_change: Sequence[str]) -> tuple[str, ...]:
+  """Validates the keys a caller allows to change; returns them."""
+  allow = tuple(k.strip() for k in allow_config_change if k.strip())
+  bad = [k for k in allow if k not in OVERRIDABLE_KEYS]
+  if bad:
+    raise ValueError(
+        f'allow_config_change={",".join(bad)} is invalid; accepted: any of '
+        f'{", ".join(OVERRIDABLE_KEYS)} (other keys change what the run '
+        'computes: use a new workdir).')
+  return allow
+
+
+def config_changes(workdir: str, config: ml_collections.ConfigDict,
+                   allow_config_change: Sequence[str] = ()
+                   ) -> dict[str, tuple[Any, Any]] | None:
+  """The differences of ``config`` from the workdir's saved config.
+
+  Args:
+    workdir: the run directory.
+    config: the stage-applied config of this run.
+    allow_config_change: keys of :data:`OVERRIDABLE_KEYS` allowed to differ.
+
+  Returns:
+    ``None`` for a new run (no ``config.json``), else ``{key: (old, new)}``
+    of the keys that differ (run-control and allowed keys only).
+
+  Raises:
+    ValueError: a disallowed key differs, or ``allow_config_change`` names
+      a key outside :data:`OVERRIDABLE_KEYS`.
+  """
+  allow = check_allowed(allow_config_change)
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    old = _flatten(json.load(f))
+  new = _flatten(_as_json(config))
+  changes = {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+             for k in sorted(set(old) | set(new))
+             if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+  refused = {k: v for k, v in changes.items()
+             if k not in RUN_CONTROL_KEYS and k not in allow}
+  if refused:
+    listed = '; '.join(f'{k}: {o!r} -> {n!r}' for k, (o, n) in
+                       refused.items())
+    raise ValueError(
+        f'{workdir!r} holds a run of another config ({listed}). A workdir '
+        'belongs to one config: use a new workdir, or, for '
+        f'{", ".join(OVERRIDABLE_KEYS)} only, allow the change explicitly '
+        '(--allow_config_change=KEY,...).')
+  return changes
+
+
+def record_config(workdir: str, config: ml_collections.ConfigDict,
+                  changes: Mapping[str, tuple[Any, Any]] | None) -> None:
+  """Writes ``config.json`` for a new run or a changed one (keeps history)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if changes is not None:
+    if not changes:
+      return
+    aside = next_free(workdir, 'config')
+    os.replace(path, aside)
+    logging.warning('%s: config changed (%s); the previous config is kept as '
+                    '%s.', workdir, '; '.join(
+                        f'{k}: {o!r} -> {v!r}' for k, (o, v) in
+                        changes.items()), os.path.basename(aside))
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, path)
+
+
+def is_finished(workdir: str) -> bool:
+  """Whether ``workdir`` holds a finished run (``summary.json``)."""
+  return os.path.exists(os.path.join(workdir, SUMMARY_FILE))
+
+
+def read_summary(workdir: str) -> dict[str, Any]:
+  with open(os.path.join(workdir, SUMMARY_FILE)) as f:
+    return json.load(f)
+
+
+def next_free(workdir: str, stem: str, ext: str = '.json') -> str:
+  """``<stem>.<n><ext>`` in ``workdir`` for the first unused ``n >= 1``."""
+  n = 1
+  while os.path.exists(os.path.join(workdir, f'{stem}.{n}{ext}')):
+    n += 1
+  return os.path.join(workdir, f'{stem}.{n}{ext}')
+
+
+def reopen_finished(workdir: str) -> str:
+  """Moves ``summary.json`` aside (a finished run extended); its new name."""
+  aside = next_free(workdir, 'summary')
+  os.replace(os.path.join(workdir, SUMMARY_FILE), aside)
+  logging.warning('%s: extending a finished run; its summary is kept as %s.',
+                  workdir, os.path.basename(aside))
+  return aside
+
+
+def require_finished(init_from: str) -> None:
+  """Raises unless ``init_from`` is the workdir of a finished run."""
+  if not os.path.isdir(init_from):
+    raise ValueError(f'config.init_from={init_from!r} is not a directory; '
+                     'accepted: the workdir of a finished run.')
+  if not is_finished(init_from):
+    raise ValueError(
+        f'config.init_from={init_from!r} is not a finished run (it has no '
+        f'{SUMMARY_FILE}); accepted: the workdir of a finished run. Rerun '
+        'that stage to its end first.')
+
+
+def cut_metrics(workdir: str, step: int) -> int:
+  """Keeps the records of ``metrics.jsonl`` up to ``step`` (atomically).
+
+  Test records are dropped too: they belong to a finished run, and a run
+  being resumed is not finished.
+
+  Returns:
+    How many records were dropped.
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  keep = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:  # A line cut short by a kill.
+      continue
+    if record.get('split') != 'test' and record.get('step', 0) <= step:
+      keep.append(line if line.endswith('\n') else line + '\n')
+  dropped = len(lines) - len(keep)
+  if dropped:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+    logging.warning('%s: dropped %d record(s) after the restored step %d '
+                    '(written before an interruption; they are recomputed).',
+                    path, dropped, step)
+  return dropped
