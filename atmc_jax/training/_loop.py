@@ -266,11 +266,19 @@ def _strong_eval(config, model, params, batch_stats, split, key):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls (main thread only)."""
+  """Turns SIGTERM into a flag the loop polls (main thread only).
+
+  ``requested`` is this process's flag; :meth:`sync` combines it across
+  processes, so a SIGTERM on any host stops every host at the same step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+
+  def sync(self) -> bool:
+    """Agrees on the flag across processes (a collective: call it on all)."""
+    return parallel.any_process(self.requested)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -488,7 +496,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     for epoch in range(first_epoch, config.num_epochs):
       start_batch = start_step - epoch * steps_per_epoch if (
           epoch == first_epoch) else 0
-      if step >= stop_at or preemption.requested:
+      if preemption.sync() or step >= stop_at:
         break
       batches = data.iterate_batches(
           *splits['train'], batch_size=config.batch_size, seed=config.seed,
@@ -509,7 +517,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         pending.append((step, metrics))
         bar.update(1)
         end_of_epoch = step % steps_per_epoch == 0
-        stop = step >= stop_at or preemption.requested
+        stop = preemption.sync() or step >= stop_at
         if step % config.log_every_steps == 0 or stop or end_of_epoch or (
             step % config.checkpoint_every_steps == 0):
           epoch_log += _check_finite(pending, workdir, checkpoints)
@@ -552,7 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       save(host_state)
       checkpoints.save_best(step, host_state, meta(step),
                             {best_metric: results[best_metric]})
-      if step < total_steps and (step >= stop_at or preemption.requested):
+      if step < total_steps and (preemption.sync() or step >= stop_at):
         status = 'stopped'
         break
 
