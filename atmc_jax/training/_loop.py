@@ -126,11 +126,8 @@ def create_model(config, spec, *, axis_name: Optional[str] = None):
 
 
 def _has_factors(params) -> bool:
-  if isinstance(params, dict):
-    if {'U', 'V', 'C'} <= set(params):
-      return True
-    return any(_has_factors(v) for v in params.values())
-  return False
+  return any(models.is_factorized_layer(node) for node in jax.tree.leaves(
+      params, is_leaf=models.is_factorized_layer))
 
 
 def init_variables(config, model, spec, key) -> tuple[Any, Any]:
