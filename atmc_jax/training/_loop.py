@@ -55,6 +55,7 @@ from atmc_jax import attacks
 from atmc_jax import data
 from atmc_jax import models
 from atmc_jax import optim
+from atmc_jax._src.base import json_default as _json_default
 from atmc_jax.training import _checkpoint
 from atmc_jax.training import _config
 from atmc_jax.training import _optimizer
@@ -164,7 +165,8 @@ def init_variables(config, model, spec, key) -> tuple[Any, Any]:
 # ----------------------------------------------------------- evaluation
 
 
-def _attack_kwargs(attack) -> dict[str, Any]:
+def attack_kwargs(attack) -> dict[str, Any]:
+  """The ``attacks.pgd`` keyword arguments of a config's attack block."""
   kw = dict(epsilon=float(attack.epsilon), num_steps=int(attack.num_steps),
             norm=attack.norm, random_start=bool(attack.random_start))
   if attack.get('step_size') is not None:
@@ -339,14 +341,6 @@ def _write_json(path, obj):
   os.replace(tmp, path)
 
 
-def _json_default(x):
-  if hasattr(x, 'item'):
-    return x.item()
-  if hasattr(x, 'tolist'):
-    return x.tolist()
-  return str(x)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains and evaluates one stage; resumes ``workdir`` if it has a run.
@@ -426,8 +420,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = int(state.step)
 
   # Steps.
-  train_attack = _attack_kwargs(config.train_attack)
-  eval_attack = _attack_kwargs(config.eval.attack)
+  train_attack = attack_kwargs(config.train_attack)
+  eval_attack = attack_kwargs(config.eval.attack)
   paper_attack = paper_attack_kwargs(config)
   p_train = parallel.pmap_train_step(_steps.make_train_step(
       model, tx, loss=config.loss, attack=train_attack,
