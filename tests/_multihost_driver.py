@@ -83,11 +83,13 @@ def _send_sigterm_after(num_steps):
 
 
 def main(spec):
+  from atmc_jax.training import parallel  # pylint: disable=g-import-not-at-top
   if spec['num_processes'] > 1:
-    jax.distributed.initialize(
-        coordinator_address=f'localhost:{spec["port"]}',
-        num_processes=spec['num_processes'], process_id=spec['process_id'],
-        initialization_timeout=60)
+    # What experiments/train.py does, from the environment it documents.
+    os.environ.update(JAX_COORDINATOR_ADDRESS=f'localhost:{spec["port"]}',
+                      JAX_NUM_PROCESSES=str(spec['num_processes']),
+                      JAX_PROCESS_ID=str(spec['process_id']))
+  parallel.initialize_distributed()
   from atmc_jax import training  # pylint: disable=g-import-not-at-top
   if spec.get('sigterm_after'):
     _send_sigterm_after(spec['sigterm_after'])

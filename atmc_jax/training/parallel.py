@@ -39,14 +39,32 @@ AXIS_NAME = 'batch'
 
 
 def initialize_distributed() -> None:
-  """Joins a multi-host run; a no-op on a single host.
+  """Joins a multi-process run; a no-op on a single host.
 
-  On a Cloud TPU pod slice (and under SLURM / Open MPI) ``jax`` discovers the
-  coordinator itself; elsewhere set ``JAX_COORDINATOR_ADDRESS``,
-  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. Call it before anything else
-  touches ``jax`` devices.
+  With ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0) set, calls
+  ``jax.distributed.initialize`` with it and, where set, the integers
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; JAX detects what is not set
+  on Cloud TPU, SLURM and Open MPI. Without it, initializes only where
+  ``TPU_WORKER_HOSTNAMES`` lists several hosts (a TPU pod on GKE). Call it
+  before anything else touches ``jax`` devices.
+
+  Raises:
+    ValueError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not a
+      non-negative integer.
   """
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or _on_tpu_pod():
+  address = os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if address:
+    kwargs = {}
+    for arg, name in (('num_processes', 'JAX_NUM_PROCESSES'),
+                      ('process_id', 'JAX_PROCESS_ID')):
+      value = os.environ.get(name)
+      if value:
+        if not value.isdigit():
+          raise ValueError(f'{name}={value!r}; accepted: a non-negative '
+                           'integer.')
+        kwargs[arg] = int(value)
+    jax.distributed.initialize(address, **kwargs)
+  elif _on_tpu_pod():
     jax.distributed.initialize()
 
 
