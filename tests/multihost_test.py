@@ -195,6 +195,19 @@ def test_device_shards_do_not_depend_on_the_process_count(process_count):
       np.testing.assert_array_equal(got, want[k])
 
 
+def test_initialize_distributed_rejects_a_bad_process_count(monkeypatch):
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', 'localhost:1')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', 'two')
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two'"):
+    parallel.initialize_distributed()
+
+
+def test_pmap_devices_with_one_process_are_as_given():
+  devices = jax.local_devices()[:2]
+  assert parallel._pmap_devices(devices) == devices  # pylint: disable=protected-access
+  assert parallel._pmap_devices(None) is None  # pylint: disable=protected-access
+
+
 def test_any_process_is_the_flag_on_one_process():
   assert parallel.any_process(True) is True
   assert parallel.any_process(False) is False
