@@ -12,7 +12,9 @@ Sub-packages: :mod:`atmc_jax.attacks` (pure jitted attacks),
 (input pipelines), :mod:`atmc_jax.training` (adversarial training runs) and
 :mod:`atmc_jax.export` (the compressed model as one file, loadable with
 NumPy).
-The most used names are re-exported here.
+The most used names are re-exported here. ``training`` (and
+``train_and_evaluate``) load on first use: the library layers do not import
+orbax, tqdm or ml_collections.
 """
 
 from atmc_jax import attacks
@@ -21,7 +23,6 @@ from atmc_jax import export
 from atmc_jax import models
 from atmc_jax import optim
 from atmc_jax import projections
-from atmc_jax import training
 from atmc_jax.attacks import apgd
 from atmc_jax.attacks import autoattack
 from atmc_jax.attacks import fgsm
@@ -46,6 +47,15 @@ from atmc_jax.projections import project_low_rank
 from atmc_jax.projections import project_low_rank_global
 from atmc_jax.projections import project_quantize
 from atmc_jax.projections import quantize_codebook
-from atmc_jax.training import train_and_evaluate
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+  # ``atmc_jax.training`` pulls in orbax, tqdm and ml_collections: it is
+  # imported on first access instead of with the package.
+  if name in ('training', 'train_and_evaluate'):
+    import importlib  # pylint: disable=g-import-not-at-top
+    training = importlib.import_module('atmc_jax.training')
+    return training if name == 'training' else training.train_and_evaluate
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

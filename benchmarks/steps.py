@@ -112,15 +112,6 @@ def make_config(model: str, stage: str, *, batch_size: int,
   return config
 
 
-def attack_kwargs(attack) -> dict[str, Any]:
-  """The ``attacks.pgd`` keyword arguments of a config's attack block."""
-  kw = dict(epsilon=float(attack.epsilon), num_steps=int(attack.num_steps),
-            norm=attack.norm, random_start=bool(attack.random_start))
-  if attack.get('step_size') is not None:
-    kw['step_size'] = float(attack.step_size)
-  return kw
-
-
 def synthetic_batch(spec, batch_size: int, seed: int = 0) -> dict[str, Any]:
   """A host batch ``{"image": float32 in [0, 1], "label": int32}``."""
   images, labels = training.synthetic_split(spec, batch_size, seed=seed)
@@ -178,7 +169,8 @@ def build_train_step(config, *, devices: Optional[Sequence[Any]] = None,
 
   count = [0]
   per_device = training.make_train_step(
-      model, tx, loss=config.loss, attack=attack_kwargs(config.train_attack),
+      model, tx, loss=config.loss,
+      attack=training.attack_kwargs(config.train_attack),
       attack_bn_mode=config.attack_bn_mode)
 
   def counted(*args):
@@ -217,7 +209,7 @@ def build_eval_step(config, *, devices: Optional[Sequence[Any]] = None,
       jax.device_get(variables.get('batch_stats', {})), devices)
   count = [0]
   per_device = training.make_eval_step(
-      model, attack=attack_kwargs(config.eval.attack))
+      model, attack=training.attack_kwargs(config.eval.attack))
 
   def counted(*args):
     count[0] += 1

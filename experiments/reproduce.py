@@ -372,13 +372,6 @@ def _default_train_fn() -> TrainFn:
   return training.train_and_evaluate
 
 
-def _json_default(x):
-  try:
-    return x.item()
-  except AttributeError:
-    return str(x)
-
-
 def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
               train_fn: TrainFn) -> tuple[dict[str, Any], bool]:
   """Runs (or resumes, or skips) one stage.
@@ -417,8 +410,9 @@ def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
       json.dump({'wall_time_s': spent + time.time() - start}, f)
   finished = summary.get('status', 'finished') == 'finished'
   if finished and not is_finished(stage_dir):  # The trainer normally writes it.
+    from atmc_jax._src import base  # pylint: disable=g-import-not-at-top
     with open(os.path.join(stage_dir, SUMMARY_FILE), 'w') as f:
-      json.dump(summary, f, indent=2, default=_json_default)
+      json.dump(summary, f, indent=2, default=base.json_default)
   return summary, True
 
 

@@ -14,6 +14,15 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 # ``None`` (default selection), a bool pytree, or ``params -> bool pytree``.
 MaskOrFn = Any
 
+def json_default(x: Any) -> Any:
+  """``json.dump``'s ``default`` for NumPy/JAX values: scalars as Python."""
+  if hasattr(x, 'item'):
+    return x.item()
+  if hasattr(x, 'tolist'):
+    return x.tolist()
+  return str(x)
+
+
 NO_PARAMS_MSG = (
     'You are using a transformation that requires the current value of the '
     'parameters, but you are not passing `params` when calling `update`. '

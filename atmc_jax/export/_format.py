@@ -72,8 +72,21 @@ import numpy as np
 FORMAT = 'atmc_jax.packed'
 VERSION = 1
 FLOAT_BITS = 32
+# The U·V+C factor names and the layer test, defined here once for all of
+# atmc_jax (models, optim, training import them): this module imports only
+# NumPy, so it can hold them and still load by file path.
 FACTOR_NAMES = ('U', 'V', 'C')
 LOW_RANK_NAMES = ('B', 'A')
+
+
+def is_factorized_layer(node: Any) -> bool:
+  """Whether ``node`` is one U·V+C layer: a mapping with ``U``, ``V``, ``C``.
+
+  The three entries are arrays (not sub-mappings that happen to be named
+  so).
+  """
+  return isinstance(node, Mapping) and all(
+      k in node and not isinstance(node[k], Mapping) for k in FACTOR_NAMES)
 
 
 class LoadedModel(NamedTuple):
@@ -427,8 +440,8 @@ def _holds(tree: dict, names: Sequence[str]) -> bool:
 def _materialize(tree: dict, kernel_shapes: Mapping[str, Sequence[int]],
                  path: str = '') -> dict:
   out = {}
-  if _holds(tree, FACTOR_NAMES) or _holds(tree, LOW_RANK_NAMES):
-    if _holds(tree, FACTOR_NAMES):
+  if is_factorized_layer(tree) or _holds(tree, LOW_RANK_NAMES):
+    if is_factorized_layer(tree):
       names, w = FACTOR_NAMES, compose(tree['U'], tree['V'], tree['C'])
     else:  # Fixed-rank factors W = B·A (the ALR model).
       names = LOW_RANK_NAMES

@@ -83,7 +83,7 @@ def _kernel_shapes(params, like) -> dict:
   def visit(node, ref, path):
     if not isinstance(node, Mapping):
       return
-    if (all(k in node for k in _format.FACTOR_NAMES)
+    if (_format.is_factorized_layer(node)
         or all(k in node for k in _format.LOW_RANK_NAMES)):
       if isinstance(ref, Mapping) and 'kernel' in ref:
         out[f'params/{path}'] = [int(s) for s in np.shape(ref['kernel'])]

@@ -12,10 +12,12 @@ fixed-rank factors ``B·A`` (the ALR baseline).
 from atmc_jax.models._conv_pool import conv2d_max_pool
 from atmc_jax.models._dense_twin import dense_twin
 from atmc_jax.models._factorized import compose
+from atmc_jax.models._factorized import FACTOR_NAMES
 from atmc_jax.models._factorized import factor_shapes
 from atmc_jax.models._factorized import factorize
 from atmc_jax.models._factorized import FactorizedConv
 from atmc_jax.models._factorized import FactorizedDense
+from atmc_jax.models._factorized import is_factorized_layer
 from atmc_jax.models._factorized import materialize
 from atmc_jax.models._layers import Conv
 from atmc_jax.models._layers import Dense

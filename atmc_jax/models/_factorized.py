@@ -43,14 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from atmc_jax._src import base
+from atmc_jax.export._format import FACTOR_NAMES
+from atmc_jax.export._format import is_factorized_layer
 from atmc_jax.models import _conv_pool
 from atmc_jax.models import _layers
 from atmc_jax.models import _low_rank
 from atmc_jax.models import _ops
 
 Array = jax.Array
-
-FACTOR_NAMES = ('U', 'V', 'C')
 
 
 def factor_shapes(out: int, fan_in: int) -> dict[str, tuple[int, int]]:
@@ -222,11 +222,6 @@ def _is_kernel(leaf: Any) -> bool:
           and jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
-def _is_factorized_layer(node: Mapping[str, Any]) -> bool:
-  return all(k in node and not isinstance(node[k], Mapping)
-             for k in FACTOR_NAMES)
-
-
 def factorize(params: base.Params) -> base.Params:
   """Converts dense params to factorized params computing the same function.
 
@@ -298,8 +293,8 @@ def materialize(params: base.Params, like: base.PyTree = None) -> base.Params:
   def convert(node, ref, path):
     if not isinstance(node, Mapping):
       return node
-    if _is_factorized_layer(node) or _low_rank.is_low_rank_layer(node):
-      if _is_factorized_layer(node):
+    if is_factorized_layer(node) or _low_rank.is_low_rank_layer(node):
+      if is_factorized_layer(node):
         w, names = compose(node['U'], node['V'], node['C']), FACTOR_NAMES
       else:
         w = _low_rank.compose_low_rank(node['B'], node['A'])

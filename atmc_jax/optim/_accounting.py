@@ -21,7 +21,6 @@ These functions run on the host (NumPy) on unreplicated params; they are
 for reporting, not for use inside ``jax.jit``.
 """
 
-from collections.abc import Mapping
 from typing import Any, Optional
 
 import jax
@@ -29,26 +28,23 @@ import numpy as np
 
 from atmc_jax._src import base
 from atmc_jax._src import tree_utils
+from atmc_jax.export._format import FACTOR_NAMES
+from atmc_jax.export._format import is_factorized_layer
 
 FLOAT_BITS = 32
-FACTOR_KEYS = ('U', 'V', 'C')
-
-
-def _is_factorized(node: Any) -> bool:
-  return isinstance(node, Mapping) and all(k in node for k in FACTOR_KEYS)
 
 
 def _factor_roles(params: base.Params) -> list:
   """Per leaf (flatten order): (layer name, 'U'|'V'|'C') or None."""
   layers = jax.tree_util.tree_flatten_with_path(
-      params, is_leaf=_is_factorized)[0]
+      params, is_leaf=is_factorized_layer)[0]
   factorized = {tree_utils.path_to_name(path) for path, node in layers
-                if _is_factorized(node)}
+                if is_factorized_layer(node)}
   roles = []
   for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
     layer = tree_utils.path_to_name(path[:-1])
     key = tree_utils.path_to_name(path[-1:])
-    if path and layer in factorized and key in FACTOR_KEYS:
+    if path and layer in factorized and key in FACTOR_NAMES:
       roles.append((layer, key))
     else:
       roles.append(None)
@@ -103,8 +99,8 @@ def dense_weight_count(params: base.Params,
 def _factor_c_sizes(params) -> dict:
   out = {}
   for path, node in jax.tree_util.tree_flatten_with_path(
-      params, is_leaf=_is_factorized)[0]:
-    if _is_factorized(node):
+      params, is_leaf=is_factorized_layer)[0]:
+    if is_factorized_layer(node):
       out[tree_utils.path_to_name(path)] = int(np.prod(np.shape(node['C'])))
   return out
 

@@ -78,9 +78,8 @@ import optax
 from atmc_jax import projections
 from atmc_jax._src import base
 from atmc_jax._src import tree_utils
-
-QUANTIZERS = ('lloyd', 'optimal')
-QUANTIZER_INITS = ('quantile', 'forgy')
+from atmc_jax.projections import QUANTIZER_INITS
+from atmc_jax.projections import QUANTIZERS
 MIN_BITS = 1
 MAX_BITS = 16
 

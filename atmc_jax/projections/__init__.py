@@ -9,3 +9,5 @@ from atmc_jax.projections._low_rank import project_low_rank_global
 from atmc_jax.projections._quantize import dequantize
 from atmc_jax.projections._quantize import project_quantize
 from atmc_jax.projections._quantize import quantize_codebook
+from atmc_jax.projections._quantize import QUANTIZER_INITS
+from atmc_jax.projections._quantize import QUANTIZERS

@@ -27,8 +27,10 @@ from atmc_jax._src import base
 from atmc_jax._src import tree_utils
 from atmc_jax.projections import _sums
 
-_METHODS = ('lloyd', 'optimal')
-_INITS = ('quantile', 'forgy')
+# The codebook fits and their initialisations (``method`` / ``init``);
+# optim and training import these.
+QUANTIZERS = ('lloyd', 'optimal')
+QUANTIZER_INITS = ('quantile', 'forgy')
 
 
 def check_bits(bits) -> None:
@@ -252,10 +254,10 @@ def _quantize_flat(flat, n_levels, method, max_iters, tol, init, key,
 
 
 def _resolve_options(method, max_iters, tol, init, key):
-  if method not in _METHODS:
-    raise ValueError(f'method must be one of {_METHODS}, got {method!r}.')
-  if init not in _INITS:
-    raise ValueError(f'init must be one of {_INITS}, got {init!r}.')
+  if method not in QUANTIZERS:
+    raise ValueError(f'method must be one of {QUANTIZERS}, got {method!r}.')
+  if init not in QUANTIZER_INITS:
+    raise ValueError(f'init must be one of {QUANTIZER_INITS}, got {init!r}.')
   if init == 'forgy' and key is None:
     raise ValueError('init="forgy" needs a PRNG `key`, got None.')
   if max_iters is None:

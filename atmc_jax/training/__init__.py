@@ -10,6 +10,7 @@ from atmc_jax.training._checkpoint import restore_state_dict
 from atmc_jax.training._config import apply_stage
 from atmc_jax.training._config import STAGES
 from atmc_jax.training._config import validate_config
+from atmc_jax.training._loop import attack_kwargs
 from atmc_jax.training._loop import create_model
 from atmc_jax.training._loop import init_variables
 from atmc_jax.training._loop import load_data

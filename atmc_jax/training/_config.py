@@ -31,6 +31,8 @@ import ml_collections
 
 from atmc_jax import data
 from atmc_jax import models
+from atmc_jax.projections import QUANTIZER_INITS
+from atmc_jax.projections import QUANTIZERS
 
 STAGES = ('natural', 'da', 'nap', 'ap', 'al0', 'alr', 'atmc32', 'atmc8')
 LOSSES = ('natural', 'adversarial', 'mixed')
@@ -38,8 +40,6 @@ COMPRESSIONS = ('none', 'fixed_support', 'l0', 'atmc', 'low_rank')
 ATTACK_BN_MODES = ('eval', 'train')
 NORMS = ('linf', 'l2')
 DATA_SOURCES = ('auto', 'idx', 'tfds', 'synthetic')
-QUANTIZERS = ('lloyd', 'optimal')
-QUANTIZER_INITS = ('quantile', 'forgy')
 
 # stage -> (natural loss?, compression, factorized, default bits)
 _STAGE_TABLE = {

@@ -63,6 +63,7 @@ from atmc_jax import attacks
 from atmc_jax import data
 from atmc_jax import models
 from atmc_jax import optim
+from atmc_jax._src.base import json_default as _json_default
 from atmc_jax.training import _checkpoint
 from atmc_jax.training import _config
 from atmc_jax.training import _optimizer
@@ -135,11 +136,8 @@ def create_model(config, spec, *, axis_name: Optional[str] = None):
 
 
 def _has_factors(params) -> bool:
-  if isinstance(params, dict):
-    if {'U', 'V', 'C'} <= set(params):
-      return True
-    return any(_has_factors(v) for v in params.values())
-  return False
+  return any(models.is_factorized_layer(node) for node in jax.tree.leaves(
+      params, is_leaf=models.is_factorized_layer))
 
 
 def init_variables(config, model, spec, key) -> tuple[Any, Any]:
@@ -177,7 +175,8 @@ def init_variables(config, model, spec, key) -> tuple[Any, Any]:
 # ----------------------------------------------------------- evaluation
 
 
-def _attack_kwargs(attack) -> dict[str, Any]:
+def attack_kwargs(attack) -> dict[str, Any]:
+  """The ``attacks.pgd`` keyword arguments of a config's attack block."""
   kw = dict(epsilon=float(attack.epsilon), num_steps=int(attack.num_steps),
             norm=attack.norm, random_start=bool(attack.random_start))
   if attack.get('step_size') is not None:
@@ -276,11 +275,19 @@ def _strong_eval(config, model, params, batch_stats, split, key):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop polls (main thread only)."""
+  """Turns SIGTERM into a flag the loop polls (main thread only).
+
+  ``requested`` is this process's flag; :meth:`sync` combines it across
+  processes, so a SIGTERM on any host stops every host at the same step.
+  """
 
   def __init__(self):
     self.requested = False
     self._previous = None
+
+  def sync(self) -> bool:
+    """Agrees on the flag across processes (a collective: call it on all)."""
+    return parallel.any_process(self.requested)
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
@@ -342,14 +349,6 @@ def _write_json(path, obj):
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2, default=_json_default)
   os.replace(tmp, path)
-
-
-def _json_default(x):
-  if hasattr(x, 'item'):
-    return x.item()
-  if hasattr(x, 'tolist'):
-    return x.tolist()
-  return str(x)
 
 
 def _open_workdir(config, workdir, allow_config_change, reevaluate,
@@ -491,8 +490,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     _workdir.cut_metrics(workdir, start_step)
 
   # Steps.
-  train_attack = _attack_kwargs(config.train_attack)
-  eval_attack = _attack_kwargs(config.eval.attack)
+  train_attack = attack_kwargs(config.train_attack)
+  eval_attack = attack_kwargs(config.eval.attack)
   paper_attack = paper_attack_kwargs(config)
   p_train = parallel.pmap_train_step(_steps.make_train_step(
       model, tx, loss=config.loss, attack=train_attack,
@@ -559,7 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     for epoch in range(first_epoch, config.num_epochs):
       start_batch = start_step - epoch * steps_per_epoch if (
           epoch == first_epoch) else 0
-      if step >= stop_at or preemption.requested:
+      if preemption.sync() or step >= stop_at:
         break
       batches = data.iterate_batches(
           *splits['train'], batch_size=config.batch_size, seed=config.seed,
@@ -580,7 +579,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         pending.append((step, metrics))
         bar.update(1)
         end_of_epoch = step % steps_per_epoch == 0
-        stop = step >= stop_at or preemption.requested
+        stop = preemption.sync() or step >= stop_at
         if step % config.log_every_steps == 0 or stop or end_of_epoch or (
             step % config.checkpoint_every_steps == 0):
           epoch_log += _check_finite(pending, workdir, checkpoints)
@@ -623,7 +622,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       save(host_state)
       checkpoints.save_best(step, host_state, meta(step),
                             {best_metric: results[best_metric]})
-      if step < total_steps and (step >= stop_at or preemption.requested):
+      if step < total_steps and (preemption.sync() or step >= stop_at):
         status = 'stopped'
         break
 

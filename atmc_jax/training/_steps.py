@@ -35,8 +35,7 @@ import optax
 from atmc_jax import attacks
 from atmc_jax import models
 from atmc_jax.training import _state
-
-AXIS_NAME = 'batch'
+from atmc_jax.training.parallel import AXIS_NAME
 
 StepFn = Callable[..., Any]
 

@@ -10,11 +10,14 @@ Every other module writes per-device code with collectives over the axis
 * reshapes a host batch to ``(local_devices, per_device, ...)``
   (:func:`shard_batch`) and prefetches batches to the devices
   (:func:`prefetch_to_device`);
-* joins a multi-host run (:func:`initialize_distributed`).
+* joins a multi-host run (:func:`initialize_distributed`) and agrees on a
+  host-side flag across processes (:func:`any_process`).
 
 Each host feeds only its own slice of the global batch (see
 ``atmc_jax.data.iterate_batches(process_index=..., process_count=...)``);
-``lax.pmean``/``lax.psum`` then reduce over all devices of all hosts.
+``lax.pmean``/``lax.psum`` then reduce over all devices of all hosts: with
+several processes the mapped steps span every device of every process
+(``devices`` names this process's devices and must be all of them).
 
 Since JAX 0.8 ``jax.pmap`` is implemented with ``jit`` + ``shard_map``; the
 per-device steps do not depend on ``pmap``, so moving to
@@ -27,6 +30,7 @@ import os
 from typing import Any, Callable, Iterable, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from atmc_jax._src import base
@@ -35,14 +39,32 @@ AXIS_NAME = 'batch'
 
 
 def initialize_distributed() -> None:
-  """Joins a multi-host run; a no-op on a single host.
+  """Joins a multi-process run; a no-op on a single host.
 
-  On a Cloud TPU pod slice (and under SLURM / Open MPI) ``jax`` discovers the
-  coordinator itself; elsewhere set ``JAX_COORDINATOR_ADDRESS``,
-  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. Call it before anything else
-  touches ``jax`` devices.
+  With ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0) set, calls
+  ``jax.distributed.initialize`` with it and, where set, the integers
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; JAX detects what is not set
+  on Cloud TPU, SLURM and Open MPI. Without it, initializes only where
+  ``TPU_WORKER_HOSTNAMES`` lists several hosts (a TPU pod on GKE). Call it
+  before anything else touches ``jax`` devices.
+
+  Raises:
+    ValueError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not a
+      non-negative integer.
   """
-  if os.environ.get('JAX_COORDINATOR_ADDRESS') or _on_tpu_pod():
+  address = os.environ.get('JAX_COORDINATOR_ADDRESS')
+  if address:
+    kwargs = {}
+    for arg, name in (('num_processes', 'JAX_NUM_PROCESSES'),
+                      ('process_id', 'JAX_PROCESS_ID')):
+      value = os.environ.get(name)
+      if value:
+        if not value.isdigit():
+          raise ValueError(f'{name}={value!r}; accepted: a non-negative '
+                           'integer.')
+        kwargs[arg] = int(value)
+    jax.distributed.initialize(address, **kwargs)
+  elif _on_tpu_pod():
     jax.distributed.initialize()
 
 
@@ -53,6 +75,33 @@ def _on_tpu_pod() -> bool:
 
 def local_device_count() -> int:
   return jax.local_device_count()
+
+
+def any_process(flag: bool) -> bool:
+  """Whether ``flag`` is True on any process; the same answer on all.
+
+  One cross-process all-gather (every process must call it, equally often);
+  on a single process it returns ``flag`` without touching the devices.
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def _pmap_devices(devices):
+  """``jax.pmap``'s ``devices`` for this process's ``devices``.
+
+  With several processes ``pmap`` must span the devices of all of them, and
+  each maps over its local ones: ``None``. A subset of the local devices is
+  a single-host option.
+  """
+  if devices is None or jax.process_count() == 1:
+    return devices
+  if set(devices) != set(jax.local_devices()):
+    raise ValueError(
+        f'devices={list(devices)}; accepted with {jax.process_count()} '
+        f'processes: None or all local devices {jax.local_devices()}.')
+  return None
 
 
 def _sharding(devices=None):
@@ -122,11 +171,14 @@ def pmap_train_step(train_step: Callable[..., Any], *,
                     donate: bool = True, devices=None) -> Callable[..., Any]:
   """Maps ``train_step(state, batch, key)`` over the local devices.
 
-  The state and the batch carry a leading device axis; the key is broadcast.
+  With several processes the map spans all devices of all processes (each
+  process passes its local shards); ``devices`` then must be None or all
+  local devices. The state and the batch carry a leading device axis; the key is broadcast.
   With ``donate`` the input state's buffers are reused for the output.
   """
   return jax.pmap(train_step, axis_name=AXIS_NAME, in_axes=(0, 0, None),
-                  donate_argnums=(0,) if donate else (), devices=devices)
+                  donate_argnums=(0,) if donate else (),
+                  devices=_pmap_devices(devices))
 
 
 def pmap_eval_step(eval_step: Callable[..., Any], *,
@@ -137,4 +189,4 @@ def pmap_eval_step(eval_step: Callable[..., Any], *,
   key is broadcast. The psum-reduced outputs are identical on every device.
   """
   return jax.pmap(eval_step, axis_name=AXIS_NAME, in_axes=(0, 0, 0, None),
-                  devices=devices)
+                  devices=_pmap_devices(devices))
