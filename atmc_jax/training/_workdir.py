@@ -9,6 +9,9 @@ before anything is written:
 * the keys of :data:`OVERRIDABLE_KEYS` (more epochs, logging and checkpoint
   cadence, checkpoints kept) may differ when the caller names them
   (``allow_config_change``);
+* a key the saved config lacks because it was added to the config later
+  (:data:`NEUTRAL_NEW_KEYS`) is no difference while it holds the value that
+  leaves the computation as it was;
 * any other difference is refused, with one message listing every differing
   key as ``old -> new``.
 
@@ -39,6 +42,10 @@ RUN_CONTROL_KEYS = ('max_steps', 'progress', 'prefetch')
 # logging (and the NaN check) and checkpoints.
 OVERRIDABLE_KEYS = ('num_epochs', 'log_every_steps', 'checkpoint_every_steps',
                     'keep_checkpoints')
+# Config keys added after runs were first recorded, each with the value that
+# computes what a run recorded without it computed: a saved config lacking
+# the key still matches a config holding that value.
+NEUTRAL_NEW_KEYS: dict[str, Any] = {}
 _ABSENT = '<absent>'
 
 
@@ -93,6 +100,9 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict,
   with open(path) as f:
     old = _flatten(json.load(f))
   new = _flatten(_as_json(config))
+  for k, neutral in NEUTRAL_NEW_KEYS.items():
+    if k not in old and k in new and new[k] == neutral:
+      old[k] = neutral
   changes = {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
              for k in sorted(set(old) | set(new))
              if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
