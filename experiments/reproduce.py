@@ -51,6 +51,7 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -416,6 +417,41 @@ def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
   return summary, True
 
 
+def prune_latest_checkpoints(stage_dir: str,
+                             config: ml_collections.ConfigDict) -> list[str]:
+  """Removes a finished stage's resume checkpoints; keeps the selected one.
+
+  A finished stage is never trained again, and everything after it (the next
+  stages' warm start with ``init_from_best``, the reports,
+  ``load_deployable``, ``evaluate_attacks``, ``export``) reads its ``best/``
+  checkpoint. The ``checkpoints/`` series (the last ``keep_checkpoints``
+  states, for resuming) is then dead weight: about three quarters of a
+  stage's bytes. Only orbax step directories are removed (a checkpoint set
+  aside as corrupt stays). Nothing is removed when the next stages start
+  from the latest state (``init_from_best=False``).
+
+  Returns:
+    The removed directories.
+  """
+  if not bool(config.get('init_from_best', True)):
+    return []
+  root = os.path.join(stage_dir, 'checkpoints')
+  if not os.path.isdir(os.path.join(stage_dir, 'best')) or not os.listdir(
+      os.path.join(stage_dir, 'best')) or not os.path.isdir(root):
+    return []
+  removed = [os.path.join(root, d) for d in sorted(os.listdir(root))
+             if d.isdigit()]
+  for d in removed:
+    shutil.rmtree(d)
+  if not os.listdir(root):
+    os.rmdir(root)
+  if removed:
+    logging.info('%s finished: removed its %d resume checkpoint(s); the '
+                 'selected one is in best/ (grid.keep_latest_checkpoints=True '
+                 'keeps them).', stage_dir, len(removed))
+  return removed
+
+
 def stage_wall_time(stage_dir: str, summary: Mapping[str, Any]) -> float:
   """The stage's training wall time in seconds (over all resumptions)."""
   path = os.path.join(stage_dir, STAGE_TIME_FILE)
@@ -670,7 +706,9 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
       ``method_sparsities`` (optional ``{method: levels}`` overrides),
       ``base_overrides``, ``stage_overrides``, ``atmc_bits``, ``title``,
       ``keep_going`` (on a stage's error, go on with the stages that do not
-      depend on it).
+      depend on it), ``keep_latest_checkpoints`` (default False: a finished
+      stage keeps only its selected checkpoint, see
+      :func:`prune_latest_checkpoints`).
     workdir: the output directory; each stage runs in ``workdir/<stage>``.
     train_fn: ``(config, workdir) -> summary``; default
       ``atmc_jax.training.train_and_evaluate``.
@@ -719,6 +757,8 @@ def reproduce(grid: ml_collections.ConfigDict, workdir: str, *,
                       'stages.', i + 1, len(stages), stage.name,
                       summary.get('status'), len(rows))
       break
+    if ran and not grid.get('keep_latest_checkpoints', False):
+      prune_latest_checkpoints(stage_dir, config)
     row = result_row(dataset, stage, stage_dir, summary)
     logging.info('[%d/%d] %s (%s): TA %s ATA %s CR %.4g', i + 1, len(stages),
                  stage.name, 'trained' if ran else 'cached', row['ta'],

@@ -376,6 +376,13 @@ class EndToEndTest(absltest.TestCase):
     self.assertIn('| DA |', md)
     self.assertIn('| AL0 |', md)
     self.assertIn('p = 0.01: TA / ATA', md)
+    # A finished stage keeps only its selected checkpoint: everything below
+    # (warm start, reports, load_deployable, both attack suites) reads it.
+    for s in ('da', 'al0_p0.01'):
+      self.assertFalse(os.path.exists(os.path.join(workdir, s,
+                                                   'checkpoints')), s)
+      self.assertLen([d for d in os.listdir(os.path.join(workdir, s, 'best'))
+                      if d.isdigit()], 1)
 
     # 3: a second full invocation trains nothing and reports the same.
     mtimes = {s: os.path.getmtime(os.path.join(workdir, s, 'summary.json'))
