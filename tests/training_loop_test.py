@@ -141,7 +141,7 @@ def test_reports_the_checkpoint_selected_on_validation(tmp_path,
   applied = training.apply_stage(config)
   spec = _loop.data.DATASETS[applied.dataset]
   model = training.create_model(applied, spec)
-  images, labels = _loop.load_data(applied)['test']
+  images, labels = training.load_data(applied)['test']
   logits = model.apply({'params': state['params']},
                        images.astype(np.float32) / 255.0, train=False)
   accuracy = float(np.mean(np.argmax(logits, -1) == labels))
