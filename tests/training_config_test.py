@@ -108,6 +108,13 @@ def test_lr_schedule_steps_down_at_epoch_starts():
                              rtol=1e-6)
 
 
+def test_lr_schedule_decays_twice_at_an_epoch_listed_twice():
+  """Like PyTorch's MultiStepLR, which counts repeated milestones."""
+  schedule = training.lr_schedule(0.1, 10, (2, 2, 3), decay_factor=0.5)
+  lrs = [float(schedule(t)) for t in (19, 20, 30)]
+  np.testing.assert_allclose(lrs, [0.1, 0.025, 0.0125], rtol=1e-6)
+
+
 def _sgd_reference(w, grads, lr, wd, momentum):
   """PyTorch SGD: buf = m buf + g + wd w; w -= lr buf."""
   buf = np.zeros_like(w)

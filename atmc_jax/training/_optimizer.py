@@ -51,7 +51,12 @@ def lr_schedule(learning_rate: float, steps_per_epoch: int,
   """Step decay by epoch: ``lr * factor ** #{e in decay_epochs: epoch >= e}``.
 
   The schedule is evaluated at the optimizer's update count ``t`` (0 for the
-  first step), whose epoch is ``t // steps_per_epoch``.
+  first step), whose epoch is ``t // steps_per_epoch``. An epoch listed
+  twice decays twice (PyTorch's ``MultiStepLR`` counts repeated
+  milestones). ``optax.piecewise_constant_schedule`` is not used: its
+  ``{boundary: scale}`` dict keeps one scale per epoch, and its running
+  product rounds differently from ``factor ** drops`` once several drops
+  accumulate, so the learning rates would change.
   """
   if not list(decay_epochs):
     return optax.constant_schedule(learning_rate)
