@@ -29,10 +29,10 @@ not corrupt: that error propagates and nothing is renamed.
 
 import hashlib
 import json
-import os
 import re
 from typing import Any, Callable, Sequence
 
+from etils import epath
 import flax.serialization
 import jax
 import numpy as np
@@ -41,6 +41,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from atmc_jax._src import base
+from atmc_jax.training import _workdir
 
 DIGEST_FILE = 'sha256.json'
 _ASIDE = re.compile(r'^(\d+)\.corrupt-(\d+)$')
@@ -50,46 +51,44 @@ class CheckpointError(ValueError):
   """No checkpoint of a series verifies and loads."""
 
 
-def _file_digests(step_dir: str) -> dict[str, str]:
+def _file_digests(step_dir: epath.PathLike) -> dict[str, str]:
   """``{relative path: SHA-256}`` of the files under ``step_dir``."""
+  step_dir = epath.Path(step_dir)
   out = {}
-  for root, _, files in os.walk(step_dir):
+  for root, _, files in step_dir.walk():
     for name in files:
-      path = os.path.join(root, name)
-      rel = os.path.relpath(path, step_dir).replace(os.sep, '/')
+      path = root / name
+      rel = path.relative_to(step_dir).as_posix()
       if rel == DIGEST_FILE:
         continue
       sha = hashlib.sha256()
-      with open(path, 'rb') as f:
+      with path.open('rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
           sha.update(chunk)
       out[rel] = sha.hexdigest()
   return dict(sorted(out.items()))
 
 
-def write_digest(step_dir: str) -> None:
+def write_digest(step_dir: epath.PathLike) -> None:
   """Writes ``sha256.json`` for a finished step directory (atomically)."""
   digests = _file_digests(step_dir)
-  path = os.path.join(step_dir, DIGEST_FILE)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump({'algorithm': 'sha256', 'files': digests}, f, indent=1)
-  os.replace(tmp, path)
+  _workdir.write_text_atomically(
+      epath.Path(step_dir) / DIGEST_FILE,
+      json.dumps({'algorithm': 'sha256', 'files': digests}, indent=1))
 
 
-def verify_digest(step_dir: str) -> str | None:
+def verify_digest(step_dir: epath.PathLike) -> str | None:
   """Why ``step_dir`` fails its digest (``None``: it verifies).
 
   Raises:
     FileNotFoundError: the step has no ``sha256.json`` (written before
       digests existed, or the process died between the save and it).
   """
-  path = os.path.join(step_dir, DIGEST_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(path)
+  path = epath.Path(step_dir) / DIGEST_FILE
+  if not path.exists():
+    raise FileNotFoundError(str(path))
   try:
-    with open(path) as f:
-      recorded = json.load(f)['files']
+    recorded = json.loads(path.read_text())['files']
     if not isinstance(recorded, dict):
       raise TypeError(type(recorded).__name__)
   except (ValueError, KeyError, TypeError) as e:
@@ -107,21 +106,23 @@ def verify_digest(step_dir: str) -> str | None:
   return None
 
 
-def set_aside(step_dir: str) -> str:
+def set_aside(step_dir: epath.PathLike) -> epath.Path:
   """Renames ``<step>`` to ``<step>.corrupt-<n>`` (first free n)."""
+  step_dir = epath.Path(step_dir)
   n = 1
-  while os.path.exists(f'{step_dir}.corrupt-{n}'):
+  while step_dir.with_name(f'{step_dir.name}.corrupt-{n}').exists():
     n += 1
-  aside = f'{step_dir}.corrupt-{n}'
-  os.rename(step_dir, aside)
+  aside = step_dir.with_name(f'{step_dir.name}.corrupt-{n}')
+  step_dir.rename(aside)
   return aside
 
 
-def set_aside_steps(directory: str) -> list[str]:
+def set_aside_steps(directory: epath.PathLike) -> list[str]:
   """The names of the checkpoints set aside in a series directory."""
-  if not os.path.isdir(directory):
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return []
-  return sorted(n for n in os.listdir(directory) if _ASIDE.match(n))
+  return sorted(p.name for p in directory.iterdir() if _ASIDE.match(p.name))
 
 
 def _first_good(candidates: Sequence[tuple[Any, int]],
@@ -148,8 +149,8 @@ def _first_good(candidates: Sequence[tuple[Any, int]],
   failures = []
   for manager, step in candidates:
     directory = str(manager.directory)
-    step_dir = os.path.join(directory, str(step))
-    if not os.path.isdir(step_dir):  # Set aside by an earlier candidate.
+    step_dir = epath.Path(directory) / str(step)
+    if not step_dir.is_dir():  # Set aside by an earlier candidate.
       continue
     try:
       why = verify_digest(step_dir)
@@ -171,9 +172,9 @@ def _first_good(candidates: Sequence[tuple[Any, int]],
       aside = set_aside(step_dir)
       manager.reload()
     logging.warning('checkpoint step %d in %s is corrupt: %s; set aside as '
-                    '%s.', step, directory, why, os.path.basename(aside))
+                    '%s.', step, directory, why, aside.name)
     failures.append(f'step {step} in {directory} ({why}; now '
-                    f'{os.path.basename(aside)})')
+                    f'{aside.name})')
   earlier = set_aside_steps(series)
   if failures or earlier:
     raise CheckpointError(
@@ -208,17 +209,17 @@ class Checkpoints:
       :meth:`save_best`) whose maximum selects the best checkpoint.
   """
 
-  def __init__(self, workdir: str, *, keep: int = 3,
+  def __init__(self, workdir: epath.PathLike, *, keep: int = 3,
                best_metric: str = 'val_deployable_adv_accuracy'):
     self.best_metric = best_metric
     self._latest = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'checkpoints'),
+        _workdir.absolute(workdir) / 'checkpoints',
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=False,
             cleanup_tmp_directories=True),
         item_names=('state', 'meta'))
     self._best = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), 'best'),
+        _workdir.absolute(workdir) / 'best',
         options=ocp.CheckpointManagerOptions(
             max_to_keep=1, best_fn=lambda m: float(m[best_metric]),
             best_mode='max', enable_async_checkpointing=False,
@@ -259,7 +260,7 @@ class Checkpoints:
   @staticmethod
   def _write_digest(manager, step):
     if jax.process_index() == 0:
-      write_digest(os.path.join(str(manager.directory), str(step)))
+      write_digest(epath.Path(manager.directory) / str(step))
 
   def _restore(self, manager, step, target):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
@@ -306,7 +307,7 @@ class Checkpoints:
     self._best.close()
 
 
-def restore_state_dict(directory: str, *, best: bool = False
+def restore_state_dict(directory: epath.PathLike, *, best: bool = False
                        ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Reads another run's checkpoint without knowing its structure.
 
@@ -323,17 +324,17 @@ def restore_state_dict(directory: str, *, best: bool = False
   Raises:
     ValueError: the directory holds no checkpoint.
   """
-  root = os.path.abspath(directory)
+  root = _workdir.absolute(directory)
   sub = 'best' if best else 'checkpoints'
-  path = os.path.join(root, sub)
-  if not os.path.isdir(path):
+  path = root / sub
+  if not path.is_dir():
     raise ValueError(f'config.init_from={directory!r} holds no {sub}/ '
                      'checkpoint directory; accepted: the workdir of a '
                      'finished run.')
 
   def manager_of(series):
     return ocp.CheckpointManager(
-        os.path.join(root, series),
+        root / series,
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_names=('state', 'meta'))
 
@@ -344,14 +345,14 @@ def restore_state_dict(directory: str, *, best: bool = False
 
   managers = [manager_of(sub)]
   if best:
-    if os.path.isdir(os.path.join(root, 'checkpoints')):
+    if (root / 'checkpoints').is_dir():
       managers.append(manager_of('checkpoints'))
     candidates = _best_candidates(*managers)
   else:
     candidates = [(managers[0], s)
                   for s in sorted(managers[0].all_steps(), reverse=True)]
   try:
-    out = _first_good(candidates, load, path)
+    out = _first_good(candidates, load, str(path))
   finally:
     for manager in managers:
       manager.close()

@@ -47,13 +47,13 @@ Checkpoints are verified on restore (``_checkpoint``).
 
 import dataclasses
 import json
-import os
 import signal
 import threading
 import time
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -74,14 +74,15 @@ METRICS_FILE = _workdir.METRICS_FILE
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str, *,
+                       workdir: epath.PathLike, *,
                        allow_config_change: Sequence[str] = (),
                        reevaluate: bool = False) -> dict[str, Any]:
   """Trains and evaluates one stage; resumes ``workdir`` if it has a run.
 
   Args:
     config: a training config (``experiments/configs/default.py``).
-    workdir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go.
+    workdir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go
+      (a local path, or a URI ``etils.epath`` and orbax read).
     allow_config_change: keys that may differ from the workdir's saved
       config (``_workdir.OVERRIDABLE_KEYS``: ``num_epochs`` to extend a run,
       the logging and checkpoint cadence).
@@ -182,7 +183,7 @@ def _open_workdir(config, workdir, allow_config_change, reevaluate,
                  'evaluates it again into a new file).', workdir,
                  SUMMARY_FILE)
     return _workdir.read_summary(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   if is_main:
     if finished:
       _workdir.reopen_finished(workdir)
@@ -336,7 +337,7 @@ def _end_epoch(config, workdir, stage, run, epoch, host_state, evaluate,
                 **results)
   run.epoch_log = []
   if jax.process_index() == 0:
-    _append_jsonl(os.path.join(workdir, METRICS_FILE), record)
+    _append_jsonl(epath.Path(workdir) / METRICS_FILE, record)
   logging.info(
       'epoch %d/%d step %d: loss %.4f | val TA %.4f ATA %.4f | '
       'deployable TA %.4f ATA %.4f | nnz %s CR %.5f | %.1fs',
@@ -397,7 +398,7 @@ def _check_finite(pending, workdir, checkpoints):
       raise FloatingPointError(
           f'non-finite training loss {loss.ravel()[0]} at step {step}; '
           'stopping. The last good checkpoint is '
-          + (f'step {last} in {os.path.join(workdir, "checkpoints")}'
+          + (f'step {last} in {epath.Path(workdir) / "checkpoints"}'
              if last is not None else 'none (no checkpoint was saved yet)')
           + '. Lower config.learning_rate or check the data.')
   return [(s, {k: float(np.asarray(v).ravel()[0]) for k, v in m.items()})
@@ -447,7 +448,7 @@ def _test_summary(config, workdir, stage, run, evaluate, checkpoints
       'ata_paper': results['test_deployable_paper_adv_accuracy'],
       'selected_step': selected_step,
       'selection_metric': best_metric,
-      'selection_value': _best_value(os.path.join(workdir, METRICS_FILE),
+      'selection_value': _best_value(epath.Path(workdir) / METRICS_FILE,
                                      best_metric, selected_step),
       **{f'last_{k}': v for k, v in last_results.items()},
       'last_ta': last_results['test_deployable_accuracy'],
@@ -484,8 +485,8 @@ def _write_summary(workdir, summary, test_record, *, reevaluate,
     _write_json(path, summary)
     logging.info('Reevaluated %s into %s.', workdir, path)
   elif is_main:
-    _append_jsonl(os.path.join(workdir, METRICS_FILE), test_record)
-    _write_json(os.path.join(workdir, SUMMARY_FILE), summary)
+    _append_jsonl(epath.Path(workdir) / METRICS_FILE, test_record)
+    _write_json(epath.Path(workdir) / SUMMARY_FILE, summary)
   logging.info('test (step %d, selected on %s): TA %.4f ATA %.4f '
                '(deployable %.4f / %.4f, paper protocol %.4f), CR %s',
                summary['selected_step'], summary['selection_metric'],
@@ -499,8 +500,8 @@ def _write_summary(workdir, summary, test_record, *, reevaluate,
 
 def _best_value(metrics_path, metric, step):
   """The validation ``metric`` recorded at ``step`` in ``metrics.jsonl``."""
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
+  if metrics_path.exists():
+    with metrics_path.open() as f:
       for line in f:
         record = json.loads(line)
         if record.get('split') == 'val' and record.get('step') == step:
@@ -509,12 +510,9 @@ def _best_value(metrics_path, metric, step):
 
 
 def _append_jsonl(path, record) -> None:
-  with open(path, 'a') as f:
-    f.write(json.dumps(record, default=_json_default) + '\n')
+  _workdir.append_line(path, json.dumps(record, default=_json_default))
 
 
 def _write_json(path, obj):
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, default=_json_default)
-  os.replace(tmp, path)
+  _workdir.write_text_atomically(
+      path, json.dumps(obj, indent=2, default=_json_default))

@@ -29,6 +29,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from absl import logging
+from etils import epath
 import ml_collections
 
 CONFIG_FILE = 'config.json'
@@ -75,7 +76,7 @@ def check_allowed(allow_config_change: Sequence[str]) -> tuple[str, ...]:
   return allow
 
 
-def config_changes(workdir: str, config: ml_collections.ConfigDict,
+def config_changes(workdir: epath.PathLike, config: ml_collections.ConfigDict,
                    allow_config_change: Sequence[str] = ()
                    ) -> dict[str, tuple[Any, Any]] | None:
   """The differences of ``config`` from the workdir's saved config.
@@ -94,11 +95,10 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict,
       a key outside :data:`OVERRIDABLE_KEYS`.
   """
   allow = check_allowed(allow_config_change)
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
     return None
-  with open(path) as f:
-    old = _flatten(json.load(f))
+  old = _flatten(json.loads(path.read_text()))
   new = _flatten(_as_json(config))
   for k, neutral in NEUTRAL_NEW_KEYS.items():
     if k not in old and k in new and new[k] == neutral:
@@ -119,55 +119,89 @@ def config_changes(workdir: str, config: ml_collections.ConfigDict,
   return changes
 
 
-def record_config(workdir: str, config: ml_collections.ConfigDict,
+def record_config(workdir: epath.PathLike, config: ml_collections.ConfigDict,
                   changes: Mapping[str, tuple[Any, Any]] | None) -> None:
   """Writes ``config.json`` for a new run or a changed one (keeps history)."""
-  path = os.path.join(workdir, CONFIG_FILE)
+  path = epath.Path(workdir) / CONFIG_FILE
   if changes is not None:
     if not changes:
       return
     aside = next_free(workdir, 'config')
-    os.replace(path, aside)
+    path.replace(aside)
     logging.warning('%s: config changed (%s); the previous config is kept as '
                     '%s.', workdir, '; '.join(
                         f'{k}: {o!r} -> {v!r}' for k, (o, v) in
-                        changes.items()), os.path.basename(aside))
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, path)
+                        changes.items()), aside.name)
+  write_text_atomically(path, config.to_json_best_effort(indent=2))
 
 
-def is_finished(workdir: str) -> bool:
+def write_text_atomically(path: epath.PathLike, text: str) -> None:
+  """Writes ``path`` through ``<path>.tmp`` and a rename.
+
+  A local rename is atomic; object stores (``gs://``) copy and delete.
+  """
+  path = epath.Path(path)
+  tmp = path.parent / (path.name + '.tmp')
+  tmp.write_text(text)
+  tmp.replace(path)
+
+
+def append_line(path: epath.PathLike, line: str) -> None:
+  """Appends ``line`` (and a newline) to ``path``.
+
+  Local files are opened for appending; object stores (``gs://``), which
+  cannot append to an object, get the file rewritten with the line added.
+  """
+  path = epath.Path(path)
+  if not _is_remote(path):
+    with path.open('a') as f:
+      f.write(line + '\n')
+    return
+  old = path.read_text() if path.exists() else ''
+  write_text_atomically(path, old + line + '\n')
+
+
+def _is_remote(path: epath.PathLike) -> bool:
+  return '://' in os.fspath(path)
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+  """A local ``path`` made absolute (``os.path.abspath``); a URI as is."""
+  if _is_remote(path):
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def is_finished(workdir: epath.PathLike) -> bool:
   """Whether ``workdir`` holds a finished run (``summary.json``)."""
-  return os.path.exists(os.path.join(workdir, SUMMARY_FILE))
+  return (epath.Path(workdir) / SUMMARY_FILE).exists()
 
 
-def read_summary(workdir: str) -> dict[str, Any]:
-  with open(os.path.join(workdir, SUMMARY_FILE)) as f:
-    return json.load(f)
+def read_summary(workdir: epath.PathLike) -> dict[str, Any]:
+  return json.loads((epath.Path(workdir) / SUMMARY_FILE).read_text())
 
 
-def next_free(workdir: str, stem: str, ext: str = '.json') -> str:
+def next_free(workdir: epath.PathLike, stem: str,
+              ext: str = '.json') -> epath.Path:
   """``<stem>.<n><ext>`` in ``workdir`` for the first unused ``n >= 1``."""
   n = 1
-  while os.path.exists(os.path.join(workdir, f'{stem}.{n}{ext}')):
+  while (epath.Path(workdir) / f'{stem}.{n}{ext}').exists():
     n += 1
-  return os.path.join(workdir, f'{stem}.{n}{ext}')
+  return epath.Path(workdir) / f'{stem}.{n}{ext}'
 
 
-def reopen_finished(workdir: str) -> str:
+def reopen_finished(workdir: epath.PathLike) -> epath.Path:
   """Moves ``summary.json`` aside (a finished run extended); its new name."""
   aside = next_free(workdir, 'summary')
-  os.replace(os.path.join(workdir, SUMMARY_FILE), aside)
+  (epath.Path(workdir) / SUMMARY_FILE).replace(aside)
   logging.warning('%s: extending a finished run; its summary is kept as %s.',
-                  workdir, os.path.basename(aside))
+                  workdir, aside.name)
   return aside
 
 
-def require_finished(init_from: str) -> None:
+def require_finished(init_from: epath.PathLike) -> None:
   """Raises unless ``init_from`` is the workdir of a finished run."""
-  if not os.path.isdir(init_from):
+  if not epath.Path(init_from).is_dir():
     raise ValueError(f'config.init_from={init_from!r} is not a directory; '
                      'accepted: the workdir of a finished run.')
   if not is_finished(init_from):
@@ -177,7 +211,7 @@ def require_finished(init_from: str) -> None:
         'that stage to its end first.')
 
 
-def cut_metrics(workdir: str, step: int) -> int:
+def cut_metrics(workdir: epath.PathLike, step: int) -> int:
   """Keeps the records of ``metrics.jsonl`` up to ``step`` (atomically).
 
   Test records are dropped too: they belong to a finished run, and a run
@@ -186,10 +220,10 @@ def cut_metrics(workdir: str, step: int) -> int:
   Returns:
     How many records were dropped.
   """
-  path = os.path.join(workdir, METRICS_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / METRICS_FILE
+  if not path.exists():
     return 0
-  with open(path) as f:
+  with path.open() as f:
     lines = [line for line in f if line.strip()]
   keep = []
   for line in lines:
@@ -201,10 +235,7 @@ def cut_metrics(workdir: str, step: int) -> int:
       keep.append(line if line.endswith('\n') else line + '\n')
   dropped = len(lines) - len(keep)
   if dropped:
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      f.writelines(keep)
-    os.replace(tmp, path)
+    write_text_atomically(path, ''.join(keep))
     logging.warning('%s: dropped %d record(s) after the restored step %d '
                     '(written before an interruption; they are recomputed).',
                     path, dropped, step)
