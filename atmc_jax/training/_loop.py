@@ -81,8 +81,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   Args:
     config: a training config (``experiments/configs/default.py``).
-    workdir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go
-      (a local path, or a URI ``etils.epath`` and orbax read).
+    workdir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go;
+      an ``etils.epath`` path (end-to-end runs are tested on local paths).
     allow_config_change: keys that may differ from the workdir's saved
       config (``_workdir.OVERRIDABLE_KEYS``: ``num_epochs`` to extend a run,
       the logging and checkpoint cadence).
