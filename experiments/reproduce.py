@@ -810,7 +810,7 @@ def closing_summary(rows: Sequence[Mapping[str, Any]], workdir: str,
       _report.results_markdown(rows),
       f'Files: {workdir}/results.csv, results.md, results.png (the figure); '
       f'one folder per stage in {workdir}/ with summary.json, metrics.jsonl '
-      'and its checkpoints. Rerunning the same command skips finished '
+      'and its selected checkpoint. Rerunning the same command skips finished '
       'stages.',
       'Next:',
       f'  python -m experiments.evaluate_attacks --workdir {workdir}'
