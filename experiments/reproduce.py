@@ -394,6 +394,12 @@ def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
                           'current one; keeping the finished run (delete '
                           'the directory to recompute).', stage_dir)
     return summary, False
+  # A stage started with another config is refused before anything in its
+  # directory is rewritten (the trainer's own check, done first).
+  from atmc_jax import training  # pylint: disable=g-import-not-at-top
+  from atmc_jax.training import _workdir  # pylint: disable=g-import-not-at-top
+  if os.path.exists(os.path.join(stage_dir, _workdir.CONFIG_FILE)):
+    _workdir.config_changes(stage_dir, training.apply_stage(config))
   os.makedirs(stage_dir, exist_ok=True)
   with open(os.path.join(stage_dir, STAGE_CONFIG_FILE), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))

@@ -384,6 +384,27 @@ class EndToEndTest(absltest.TestCase):
       self.assertLen([d for d in os.listdir(os.path.join(workdir, s, 'best'))
                       if d.isdigit()], 1)
 
+    # An unfinished stage started with another config is refused before its
+    # stage_config.json is rewritten.
+    summary_path = os.path.join(workdir, 'al0_p0.01', 'summary.json')
+    with open(summary_path) as f:
+      summary_text = f.read()
+    os.remove(summary_path)
+    stage_cfg = os.path.join(workdir, 'al0_p0.01', 'stage_config.json')
+    with open(stage_cfg) as f:
+      saved = f.read()
+    changed = reproduce.stage_config(grid, reproduce.plan_stages(
+        'al0', '0.01')[-1], workdir)
+    changed.learning_rate = changed.learning_rate * 2
+    with self.assertRaisesRegex(ValueError, r'learning_rate: '):
+      reproduce.run_stage(changed, os.path.join(workdir, 'al0_p0.01'),
+                          train_fn)
+    with open(stage_cfg) as f:
+      self.assertEqual(f.read(), saved)
+    self.assertLen(calls, 3)
+    with open(summary_path, 'w') as f:
+      f.write(summary_text)
+
     # 3: a second full invocation trains nothing and reports the same.
     mtimes = {s: os.path.getmtime(os.path.join(workdir, s, 'summary.json'))
               for s in ('da', 'al0_p0.01')}
