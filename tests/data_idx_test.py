@@ -130,6 +130,26 @@ class SmallIdxTest(parameterized.TestCase):
     images, _ = data.load_split('fashion_mnist', 'test', data_dir=self.dir)
     np.testing.assert_array_equal(images, self.images[..., None])
 
+  def test_locate_split_names_the_directory_read(self):
+    self._write_split('train', '.gz')
+    sub = os.path.join(self.dir, 'mnist')
+    os.makedirs(sub)
+    self._write_split('test', '', directory=sub)
+    real = os.path.realpath(self.dir)
+    self.assertEqual(data.locate_split('mnist', 'train', data_dir=real),
+                     f'idx:{real}')
+    self.assertEqual(data.locate_split('mnist', 'test', data_dir=real),
+                     f'idx:{os.path.join(real, "mnist")}')
+    # No IDX files in an explicit data_dir: tfds is asked there, nowhere else.
+    with tempfile.TemporaryDirectory() as empty:
+      self.assertEqual(data.locate_split('mnist', 'test', data_dir=empty),
+                       f'tfds:{empty}')
+    with mock.patch.dict(os.environ, {'HOME': os.path.dirname(real)}):
+      self.assertEqual(data.locate_split('mnist', 'train', data_dir=real),
+                       f'idx:~/{os.path.basename(real)}')
+    with self.assertRaisesRegex(ValueError, "source='csv'"):
+      data.locate_split('mnist', 'train', data_dir=real, source='csv')
+
   def test_load_split_checks_shape_and_labels(self):
     self.images = self.images[:, :5, :4]
     self._write_split('train', '')

@@ -50,6 +50,12 @@ def test_short_adversarial_run_learns(tmp_path):
   config.num_devices = 1
   summary = training.train_and_evaluate(config, str(tmp_path))
   assert summary['status'] == 'finished' and summary['steps'] == 234
+  # data_dir unset: the automatic lookup found the Debian copy, and says so.
+  sources = summary['data_source']
+  assert set(sources) == {'train', 'test'}, sources
+  if not os.path.isdir(os.path.join(data.cache_dir(), 'fashion_mnist')):
+    assert all(v == f'idx:{data.DEBIAN_FASHION_MNIST_DIR}'
+               for v in sources.values()), sources
   # Ten balanced classes: chance is 0.1.
   assert summary['test_accuracy'] > 0.5, summary
   assert summary['test_adv_accuracy'] < summary['test_accuracy'], summary

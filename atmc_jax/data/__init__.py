@@ -9,6 +9,7 @@ from atmc_jax.data._datasets import DATASETS
 from atmc_jax.data._datasets import DatasetSpec
 from atmc_jax.data._datasets import get_dataset_spec
 from atmc_jax.data._datasets import load_split
+from atmc_jax.data._datasets import locate_split
 from atmc_jax.data._datasets import train_val_split
 from atmc_jax.data._idx import cache_dir
 from atmc_jax.data._idx import DEBIAN_FASHION_MNIST_DIR

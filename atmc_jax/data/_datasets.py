@@ -251,6 +251,30 @@ def load_split(
   return _check_arrays(spec, split, images, labels)
 
 
+def locate_split(name: str, split: str, *, data_dir: Optional[str] = None,
+                 source: str = 'auto') -> str:
+  """Where :func:`load_split` reads a split from, without reading it.
+
+  Returns:
+    ``'idx:<directory>'`` for IDX files (the home directory written as
+    ``~``), or ``'tfds:<data_dir or default>'`` when the split would come
+    from tfds (its own lookup decides the exact directory:
+    ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets`` by default).
+  """
+  spec = DATASETS[name]
+  if source not in SOURCES:
+    raise ValueError(f'source={source!r}; accepted: {list(SOURCES)}.')
+  if source in ('auto', 'idx') and spec.idx_format:
+    for directory in _idx_candidates(spec, data_dir):
+      if _idx.has_idx_split(directory, split):
+        path, home = os.path.abspath(directory), os.path.expanduser('~')
+        if home not in ('~', '/') and (path + os.sep).startswith(
+            home.rstrip(os.sep) + os.sep):
+          path = '~' + path[len(home.rstrip(os.sep)):]
+        return f'idx:{path}'
+  return f'tfds:{data_dir or "default"}'
+
+
 def train_val_split(
     images: np.ndarray,
     labels: np.ndarray,

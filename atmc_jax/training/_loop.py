@@ -437,6 +437,7 @@ def _test_summary(config, workdir, stage, run, evaluate, checkpoints
   best_metric = _selection_metric(config)
   summary = {
       'status': 'finished', 'stage': config.stage, 'dataset': config.dataset,
+      'data_source': dict(stage.data_source),
       'model': config.model, 'factorized': bool(config.factorized),
       'loss': config.loss, 'compression': config.compression,
       'sparsity': config.sparsity, 'bits': config.bits,

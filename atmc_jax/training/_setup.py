@@ -13,6 +13,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
+from absl import logging
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -167,6 +168,8 @@ class Stage:
     state: the initial host :class:`~atmc_jax.training.TrainState`.
     train_key: the key every training step folds its step into.
     eval_key: the key every evaluation folds its epoch into.
+    data_source: ``{'train', 'test'}`` -> where the split was read
+      (:func:`~atmc_jax.data.locate_split`, or ``'synthetic'``).
   """
 
   spec: data.DatasetSpec
@@ -181,6 +184,17 @@ class Stage:
   state: _state.TrainState
   train_key: jax.Array
   eval_key: jax.Array
+  data_source: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def data_sources(config) -> dict[str, str]:
+  """Where the train and test splits are read from (logged, summarised)."""
+  if config.data_source == 'synthetic':
+    return {'train': 'synthetic', 'test': 'synthetic'}
+  return {split: data.locate_split(config.dataset, split,
+                                   data_dir=config.data_dir or None,
+                                   source=config.data_source)
+          for split in ('train', 'test')}
 
 
 def build_stage(config: ml_collections.ConfigDict, *,
@@ -193,6 +207,11 @@ def build_stage(config: ml_collections.ConfigDict, *,
   """
   spec = data.DATASETS[config.dataset]
   splits = load_data(config)
+  sources = data_sources(config)
+  logging.info('%s: train split from %s, test split from %s%s.',
+               config.dataset, sources['train'], sources['test'],
+               '' if config.data_dir else ' (data_dir unset: found by the '
+               'automatic lookup)')
   n_train = len(splits['train'][0])
   steps_per_epoch = data.num_batches(n_train, config.batch_size,
                                      drop_remainder=True)
@@ -217,4 +236,4 @@ def build_stage(config: ml_collections.ConfigDict, *,
                dense_count=dense_count, tx=tx,
                learning_rate=_optimizer.current_lr(config, steps_per_epoch),
                state=state,
-               train_key=train_key, eval_key=eval_key)
+               train_key=train_key, eval_key=eval_key, data_source=sources)
