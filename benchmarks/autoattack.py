@@ -51,6 +51,7 @@ torchattacks too; ``run()`` (and ``benchmarks.run``, which merges
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -363,7 +364,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   start = time.perf_counter()
   meta = _timing.meta()
-  meta['command'] = 'python -m benchmarks.autoattack ' + ' '.join(
+  meta['command'] = 'python -m benchmarks.autoattack ' + shlex.join(
       sys.argv[1:] if argv is None else argv)
   results = run(args.quick, batch=args.batch, examples=args.examples,
                 num_steps=args.num_steps, num_queries=args.num_queries,
