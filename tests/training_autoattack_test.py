@@ -9,6 +9,7 @@ import pytest
 
 from atmc_jax import attacks
 from atmc_jax import training
+from atmc_jax.training import _workdir
 from experiments.configs import default
 
 jax.config.update('jax_disable_most_optimizations', True)
@@ -101,3 +102,15 @@ def test_bad_settings_are_rejected():
   config.eval.attack.norm = 'l2'
   with pytest.raises(ValueError, match=r"eval\.attack\.norm='l2'.*'linf'"):
     training.validate_config(config, num_devices=1)
+
+
+def test_a_workdir_saved_before_the_keys_existed_still_matches(tmp_path):
+  config = training.apply_stage(default.get_config())
+  saved = json.loads(config.to_json_best_effort())
+  del saved['eval']['autoattack_examples'], saved['eval']['autoattack']
+  with open(tmp_path / _workdir.CONFIG_FILE, 'w') as f:
+    json.dump(saved, f)
+  assert _workdir.config_changes(str(tmp_path), config) == {}
+  config.eval.autoattack_examples = 100
+  with pytest.raises(ValueError, match='eval.autoattack_examples'):
+    _workdir.config_changes(str(tmp_path), config)
