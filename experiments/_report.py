@@ -56,9 +56,30 @@ RESULT_FIELDS = (
     'test_examples',  # number of test examples evaluated
     'wall_time_s',  # training wall time of the stage
 )
+# Appended to RESULT_FIELDS when a stage ran AutoAttack after training
+# (config.eval.autoattack_examples; see result_fields).
+AUTOATTACK_RESULT_FIELDS = (
+    'autoattack',  # accuracy under AutoAttack (deployable model)
+    'autoattack_examples',  # the first this many test examples
+    'autoattack_masking_suspected',  # AutoAttack > 5 points below PGD-20
+)
 _FLOAT_FIELDS = ('p', 'compression_ratio', 'ta', 'ata', 'ata_paper',
-                 'last_ta', 'last_ata', 'wall_time_s')
-_INT_FIELDS = ('nnz', 'bits', 'selected_step', 'test_examples')
+                 'last_ta', 'last_ata', 'wall_time_s', 'autoattack')
+_INT_FIELDS = ('nnz', 'bits', 'selected_step', 'test_examples',
+               'autoattack_examples')
+
+
+def has_autoattack(rows: Iterable[Mapping[str, Any]]) -> bool:
+  """Whether any row holds an AutoAttack accuracy."""
+  return any(r.get('autoattack') is not None for r in rows)
+
+
+def result_fields(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+  """The CSV columns of ``rows``: :data:`RESULT_FIELDS`, plus
+  :data:`AUTOATTACK_RESULT_FIELDS` when a row holds an AutoAttack accuracy.
+  """
+  return RESULT_FIELDS + (AUTOATTACK_RESULT_FIELDS if has_autoattack(rows)
+                          else ())
 
 
 def method_label(method: str) -> str:
@@ -142,8 +163,9 @@ def _acc(x: Optional[float]) -> str:
       f'{x:.3f}')
 
 
-def _accuracies(r: Mapping[str, Any]) -> str:
-  return ' / '.join(_acc(r.get(k)) for k in ('ta', 'ata', 'ata_paper'))
+def _accuracies(r: Mapping[str, Any], autoattack: bool = False) -> str:
+  keys = ('ta', 'ata', 'ata_paper') + (('autoattack',) if autoattack else ())
+  return ' / '.join(_acc(r.get(k)) for k in keys)
 
 
 def _cr(x: Optional[float]) -> str:
@@ -159,7 +181,11 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
   ``CR`` column holding the compression ratio by the paper's accounting
   (which differs from p for ATMC-8 and ALR). ATA is the evaluation attack
   (PGD-20 with random start in the shipped configs), ATA-paper the paper's
-  protocol (deterministic BIM with the training attack's steps).
+  protocol (deterministic BIM with the training attack's steps). When a row
+  holds ``autoattack`` (stages run with ``config.eval.autoattack_examples``)
+  every cell gets a fourth number, AA, the AutoAttack accuracy (``–`` where
+  a stage did not run it), and the notes name the example counts and the
+  models flagged for gradient masking.
 
   Args:
     rows: result rows (dicts with the keys of :data:`RESULT_FIELDS`).
@@ -175,11 +201,13 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
     if r['method'] not in methods:
       methods.append(r['method'])
   has_dense = any(r.get('p') is None for r in rows)
+  aa = has_autoattack(rows)
+  cells = 'TA / ATA / ATA-paper' + (' / AA' if aa else '')
   header = ['method']
   if has_dense:
-    header.append('dense: TA / ATA / ATA-paper')
+    header.append(f'dense: {cells}')
   for p in ps:
-    header += [f'p = {p:g}: TA / ATA / ATA-paper', 'CR']
+    header += [f'p = {p:g}: {cells}', 'CR']
   lines = []
   if title:
     lines += [f'## {title}', '']
@@ -190,11 +218,11 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
     line = [method_label(m)]
     if has_dense:
       r = cell.get((m, None))
-      line.append(_accuracies(r) if r else '')
+      line.append(_accuracies(r, aa) if r else '')
     for p in ps:
       r = cell.get((m, p))
       if r:
-        line += [_accuracies(r), _cr(r['compression_ratio'])]
+        line += [_accuracies(r, aa), _cr(r['compression_ratio'])]
       else:
         line += ['', '']
     lines.append('| ' + ' | '.join(line) + ' |')
@@ -211,6 +239,19 @@ def results_markdown(rows: Sequence[Mapping[str, Any]],
       'validation ATA (clean accuracy for natural training).'
       + (f' Test examples: {", ".join(f"{c:,}" for c in counts)}.'
          if counts else ''))
+  if aa:
+    aa_counts = sorted({r['autoattack_examples'] for r in rows
+                        if r.get('autoattack_examples')})
+    flagged = [method_label(r['method']) + (
+        '' if r.get('p') is None else f' (p = {r["p"]:g})') for r in rows
+               if r.get('autoattack_masking_suspected')]
+    lines += ['', 'AA: accuracy under AutoAttack (APGD-CE, APGD-T, FAB-T, '
+              "Square) at the evaluation attack's epsilon, on the first "
+              f'{", ".join(f"{c:,}" for c in aa_counts)} test examples '
+              '(config.eval.autoattack_examples). Flagged as possibly masking '
+              'gradients (AutoAttack more than 5 points below PGD-20 on the '
+              'same examples): ' + (', '.join(flagged) if flagged else 'none')
+              + '.']
   return '\n'.join(lines) + '\n'
 
 

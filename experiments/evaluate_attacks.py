@@ -213,7 +213,9 @@ def _read_cache(path: str, key_info: Mapping[str, Any],
     cached = json.load(f)
   if not all(cached.get(k) == v for k, v in key_info.items()):
     return None
-  cached['masking_suspected'] = bool(cached['gap'] > gap_threshold)
+  from atmc_jax import attacks  # pylint: disable=g-import-not-at-top
+  cached['masking_suspected'] = attacks.masking_suspected(cached['gap'],
+                                                          gap_threshold)
   return cached
 
 
@@ -259,7 +261,8 @@ def evaluate_stage(stage_dir: str, settings_kw: Mapping[str, Any], *,
              num_examples=int(len(labels)),
              compression_ratio=dep.size['compression_ratio'],
              wall_time_s=time.time() - start)
-  out['masking_suspected'] = bool(out['gap'] > gap_threshold)
+  out['masking_suspected'] = attacks.masking_suspected(out['gap'],
+                                                       gap_threshold)
   with open(cache, 'w') as f:
     json.dump(out, f, indent=2)
   return out
@@ -507,7 +510,8 @@ def evaluate_autoattack_stage(stage_dir: str, settings_kw: Mapping[str, Any],
              wall_time_s=time.time() - start)
   out[pgd_name] = res_pgd[pgd_name]
   out['gap'] = out[pgd_name] - out['autoattack']
-  out['masking_suspected'] = bool(out['gap'] > gap_threshold)
+  out['masking_suspected'] = attacks.masking_suspected(out['gap'],
+                                                       gap_threshold)
   with open(cache, 'w') as f:
     json.dump(out, f, indent=2)
   return out

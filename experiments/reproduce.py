@@ -491,9 +491,12 @@ def result_row(dataset: str, stage: Stage, stage_dir: str,
   compressed model the stage ships: exactly feasible for the L0 budget and,
   for ATMC-8, the per-tensor codebooks; for ALR, the rank-truncated model
   sized as ``32 * sum_l r_l (m_l + n_l)``); :func:`load_deployable` rebuilds
-  the same model from the stage's checkpoint.
+  the same model from the stage's checkpoint. A stage run with
+  ``config.eval.autoattack_examples`` adds ``autoattack``,
+  ``autoattack_examples`` and ``autoattack_masking_suspected``
+  (``_report.AUTOATTACK_RESULT_FIELDS``).
   """
-  return dict(
+  row = dict(
       dataset=dataset,
       method=stage.method,
       p=stage.p,
@@ -509,6 +512,12 @@ def result_row(dataset: str, stage: Stage, stage_dir: str,
       test_examples=summary.get('test_count'),
       wall_time_s=stage_wall_time(stage_dir, summary),
   )
+  if summary.get('autoattack_accuracy') is not None:
+    row.update(autoattack=summary['autoattack_accuracy'],
+               autoattack_examples=summary.get('autoattack_examples'),
+               autoattack_masking_suspected=summary.get(
+                   'autoattack_masking_suspected'))
+  return row
 
 
 @dataclasses.dataclass
@@ -686,7 +695,9 @@ def write_reports(rows: Sequence[Mapping[str, Any]], workdir: str,
   rows = _report.sort_rows(rows)
   paths = {'csv': os.path.join(workdir, 'results.csv'),
            'md': os.path.join(workdir, 'results.md')}
-  _report.write_csv(rows, paths['csv'], _report.RESULT_FIELDS)
+  fields = _report.result_fields(rows)
+  _report.write_csv([{**dict.fromkeys(fields), **r} for r in rows],
+                    paths['csv'], fields)
   with open(paths['md'], 'w') as f:
     f.write(_report.results_markdown(rows, title=title))
   reference = None

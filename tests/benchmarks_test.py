@@ -7,6 +7,7 @@ import json
 import math
 import os
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 import jax
@@ -238,6 +239,35 @@ class AutoAttackBenchmarkTest(absltest.TestCase):
       self.assertAlmostEqual(rec['examples_per_s'], 4 / rec['median_s'])
       self.assertIn('reduced', rec['note'])
     self.assertIn('benchmarks.autoattack', run.EXTERNAL_MODULES)
+
+  def test_without_torchattacks_the_torch_records_are_skipped(self):
+    with mock.patch.object(autoattack, 'torchattacks', None):
+      out = autoattack.run(batch=4, components=(), with_torch=True)
+    self.assertEqual(set(out), {'_notes'})
+    self.assertIn('torchattacks is not installed', ' '.join(out['_notes']))
+
+  def test_side_by_side_with_torchattacks(self):
+    if not autoattack.torch_available():
+      self.skipTest('torch or torchattacks is not installed')
+    # One component only: the whole ensemble compiles all four attacks.
+    out = autoattack.run(batch=4, num_steps=2, num_targets=2, num_queries=3,
+                         components=('apgd_ce',), with_torch=True)
+    name = 'lenet/autoattack/apgd_ce'
+    self.assertEqual(set(out) - {'_notes'}, {name, name + '/torch'})
+    ours, theirs = out[name], out[name + '/torch']
+    _check_record(self, ours)
+    _check_record(self, theirs)
+    self.assertEqual(theirs['batch'], 4)
+    self.assertEqual(ours['torch_median_s'], theirs['median_s'])
+    self.assertAlmostEqual(ours['ratio_to_torch'],
+                           ours['median_s'] / theirs['median_s'])
+    # 2 of 100 iterations: a linear estimate, labelled as such.
+    self.assertEqual(ours['scale_to_standard'], 50)
+    self.assertAlmostEqual(ours['standard_estimate_s'], 50 * ours['median_s'])
+    self.assertIn('same predictions', ' '.join(out['_notes']))
+    table = autoattack.render_markdown(out)
+    self.assertIn(f'| `{name}` | 4 |', table)
+    self.assertIn('not measured', table)
 
 
 if __name__ == '__main__':

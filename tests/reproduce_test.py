@@ -254,6 +254,41 @@ class ReportTest(absltest.TestCase):
     self.assertIn('Test examples: 500.', md)
     self.assertNotIn('training PGD attack', md)
 
+  def test_autoattack_column_only_when_a_stage_ran_it(self):
+    workdir = _tempdir(self)
+    summary = dict(ta=0.9, ata=0.6, ata_paper=0.65, compression_ratio=1.0,
+                   test_count=500, wall_time_s=3.0)
+    plain = reproduce.result_row('synthetic', reproduce.Stage('da', None),
+                                 workdir, summary)
+    self.assertNotIn('autoattack', plain)
+    attacked = reproduce.result_row(
+        'synthetic', reproduce.Stage('al0', 0.1), workdir,
+        dict(summary, autoattack_accuracy=0.52, autoattack_examples=200,
+             autoattack_masking_suspected=True))
+    self.assertEqual((attacked['autoattack'], attacked['autoattack_examples'],
+                      attacked['autoattack_masking_suspected']),
+                     (0.52, 200, True))
+    self.assertEqual(_report.result_fields([plain]), _report.RESULT_FIELDS)
+    reproduce.write_reports([plain], workdir)
+    with open(os.path.join(workdir, 'results.csv')) as f:
+      self.assertNotIn('autoattack', f.read())
+    reproduce.write_reports([plain, attacked], workdir)
+    back = {r['method']: r for r in
+            _report.read_csv(os.path.join(workdir, 'results.csv'))}
+    self.assertIsNone(back['da']['autoattack'])
+    self.assertEqual(back['al0']['autoattack'], 0.52)
+    self.assertEqual(back['al0']['autoattack_examples'], 200)
+    self.assertIs(back['al0']['autoattack_masking_suspected'], True)
+    with open(os.path.join(workdir, 'results.md')) as f:
+      md = f.read()
+    self.assertIn('| method | dense: TA / ATA / ATA-paper / AA | '
+                  'p = 0.1: TA / ATA / ATA-paper / AA | CR |', md)
+    self.assertIn('| DA | 0.900 / 0.600 / 0.650 / – |', md)
+    self.assertIn('| AL0 |  | 0.900 / 0.600 / 0.650 / 0.520 | 1 |', md)
+    self.assertIn('first 200 test examples', md)
+    self.assertIn('masking gradients (AutoAttack more than 5 points below '
+                  'PGD-20 on the same examples): AL0 (p = 0.1).', md)
+
   def test_closing_summary_says_what_where_and_next(self):
     text = reproduce.closing_summary(_ROWS, 'runs/x', 'Fashion-MNIST')
     self.assertIn('Trained and evaluated 6 models (NAT, DA, AL0, ATMC-8): '

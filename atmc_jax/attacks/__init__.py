@@ -12,6 +12,8 @@ from atmc_jax.attacks._apgd import apgd_targeted
 from atmc_jax.attacks._autoattack import ATTACK_NAMES
 from atmc_jax.attacks._autoattack import AutoAttackResult
 from atmc_jax.attacks._autoattack import autoattack
+from atmc_jax.attacks._autoattack import MASKING_GAP
+from atmc_jax.attacks._autoattack import masking_suspected
 from atmc_jax.attacks._autoattack import STANDARD_ATTACKS
 from atmc_jax.attacks._autoattack import standard_attacks
 from atmc_jax.attacks._fab import fab

@@ -35,6 +35,25 @@ STANDARD_ATTACKS = ('apgd-ce', 'apgd-t', 'fab-t', 'square')
 ATTACK_NAMES = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
 VERSIONS = ('standard', 'custom', 'rand')
 LINF_ONLY = ('fab-t', 'square')
+# A model whose accuracy under a strong attack (AutoAttack, or the
+# worst case of PGD with restarts and APGD-CE) is more than this many
+# accuracy points below its accuracy under PGD is flagged as possibly
+# masking gradients.
+MASKING_GAP = 0.05
+
+
+def masking_suspected(gap: float, threshold: float = MASKING_GAP) -> bool:
+  """Whether PGD overestimates a model's robustness (gradient masking).
+
+  Args:
+    gap: accuracy under PGD minus accuracy under a stronger attack, as
+      fractions (``0.06`` is 6 points).
+    threshold: the largest gap that is not flagged (default 5 points).
+
+  Returns:
+    ``gap > threshold``, as a Python bool.
+  """
+  return bool(gap > threshold)
 
 
 class AutoAttackResult(NamedTuple):

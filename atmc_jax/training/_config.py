@@ -21,6 +21,12 @@ command line switches all of them at once while explicit overrides still win.
 "adversarial" above means ``config.adv_loss``: ``"adversarial"`` (the paper:
 pure PGD loss) or ``"mixed"`` (the reference code for MNIST and CIFAR-10:
 ``0.5 * clean + 0.5 * adversarial``).
+
+``config.eval.autoattack_examples`` (``None``: off; else an integer >= 1)
+makes the run end with AutoAttack (standard version) and PGD-20 on the first
+that many test examples of the deployable model, at ``config.eval.attack``'s
+epsilon (L-inf only); ``config.eval.autoattack`` holds the attacks'
+iterations, targets and queries (the standard version's by default).
 """
 
 import math
@@ -99,6 +105,33 @@ def _check_attack(prefix, attack):
     _fail(f'{prefix}.step_size', attack.step_size, 'None or a number > 0')
   if attack.get('num_restarts', 1) < 1:
     _fail(f'{prefix}.num_restarts', attack.num_restarts, 'an integer >= 1')
+
+
+def _check_autoattack(config):
+  """``config.eval.autoattack_examples`` and ``config.eval.autoattack``."""
+  examples = config.eval.get('autoattack_examples')
+  if examples is None:
+    return
+  if (isinstance(examples, bool) or not isinstance(examples, numbers.Integral)
+      or examples < 1):
+    _fail('eval.autoattack_examples', examples,
+          'None (no AutoAttack) or an integer >= 1 (the first that many '
+          'test examples)')
+  if config.eval.attack.norm != 'linf':
+    _fail('eval.attack.norm', config.eval.attack.norm,
+          "'linf' when config.eval.autoattack_examples is set (FAB-T and "
+          'Square are L-inf only)')
+  settings = config.eval.get('autoattack') or ml_collections.ConfigDict()
+  for key in ('num_steps', 'num_targets', 'num_queries', 'pgd_steps'):
+    value = settings.get(key, 1)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+        or value < 1):
+      _fail(f'eval.autoattack.{key}', value, 'an integer >= 1')
+  classes = data.DATASETS[config.dataset].num_classes
+  if settings.get('num_targets', 9) > classes - 1:
+    _fail('eval.autoattack.num_targets', settings.num_targets,
+          f'an integer in 1..{classes - 1} (the classes of '
+          f'{config.dataset!r} but the true one)')
 
 
 def validate_config(config: ml_collections.ConfigDict,
@@ -198,3 +231,4 @@ def validate_config(config: ml_collections.ConfigDict,
           'start from random weights)')
   _check_attack('train_attack', config.train_attack)
   _check_attack('eval.attack', config.eval.attack)
+  _check_autoattack(config)

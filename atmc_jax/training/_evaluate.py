@@ -5,10 +5,13 @@ PGD accuracy of the trained and of the deployable params (evaluated apart
 only where they differ: ATMC-8's codebook projection), optionally the
 paper-protocol ATA (:func:`paper_attack_kwargs`), and the deployable
 params' nnz, bits and compression ratio. :func:`strong_eval` is the
-stronger suite of the final test (``config.eval.strong``).
+stronger suite of the final test (``config.eval.strong``);
+:func:`autoattack_eval` runs AutoAttack beside PGD on the first test
+examples (``config.eval.autoattack_examples``).
 """
 
 import functools
+import time
 from typing import Any
 
 import jax
@@ -151,6 +154,13 @@ class StageEvaluator:
                        batch_stats, self._stage.splits['test'],
                        jax.random.fold_in(self._stage.eval_key, 2**31 - 1))
 
+  def autoattack(self, deployable, batch_stats) -> dict[str, Any]:
+    """:func:`autoattack_eval` of deployable params on the test split."""
+    return autoattack_eval(self._config, self._stage.model, deployable,
+                           batch_stats, self._stage.splits['test'],
+                           jax.random.fold_in(self._stage.eval_key,
+                                              2**31 - 2))
+
 
 def _size_stats(compression, deployable, dense_count) -> dict[str, Any]:
   """nnz, model bits and compression ratio of the deployable params."""
@@ -188,12 +198,82 @@ def strong_eval(config, model, params, batch_stats, split, key):
   }
   logits_fn = _steps.logits_partial(model, params, batch_stats,
                                     image_shape=split[0].shape[1:])
+  return attacks.robust_accuracy(
+      logits_fn, _unpadded_batches(split, config.eval_batch_size), suite, key)
 
-  def unpadded():
-    for batch in data.iterate_batches(
-        *split, batch_size=config.eval_batch_size, seed=0, epoch=0,
-        shuffle=False, augment='none', drop_remainder=False):
-      keep = np.asarray(batch['mask']) > 0
-      yield np.asarray(batch['image'])[keep], np.asarray(batch['label'])[keep]
 
-  return attacks.robust_accuracy(logits_fn, unpadded(), suite, key)
+def _unpadded_batches(split, batch_size):
+  """``(images in [0, 1], labels)`` batches of a split, in order, unpadded."""
+  for batch in data.iterate_batches(
+      *split, batch_size=batch_size, seed=0, epoch=0, shuffle=False,
+      augment='none', drop_remainder=False):
+    keep = np.asarray(batch['mask']) > 0
+    yield np.asarray(batch['image'])[keep], np.asarray(batch['label'])[keep]
+
+
+def autoattack_eval(config, model, params, batch_stats, split, key
+                     ) -> dict[str, Any]:
+  """AutoAttack and PGD on the first ``eval.autoattack_examples`` examples.
+
+  The comparison of ``--suite autoattack`` in
+  ``experiments/evaluate_attacks.py``: PGD with random start and the default
+  step (``pgd_steps`` steps, 20 by default) and AutoAttack (APGD-CE, APGD-T,
+  FAB-T, Square, each on the points still robust), both at
+  ``config.eval.attack``'s epsilon; batches of ``config.eval_batch_size``.
+
+  Returns:
+    The summary keys ``autoattack_accuracy``,
+    ``autoattack_after_<attack>`` (accuracy after the attacks up to that
+    one), ``autoattack_clean_accuracy``, ``autoattack_pgd<k>_accuracy``,
+    ``autoattack_gap`` (PGD minus AutoAttack accuracy),
+    ``autoattack_masking_suspected`` (:func:`atmc_jax.attacks.
+    masking_suspected`), ``autoattack_examples`` (the test split may hold
+    fewer than asked), ``autoattack_seconds`` (the AutoAttack calls),
+    ``autoattack_pgd_seconds`` and ``autoattack_settings``.
+  """
+  settings = config.eval.autoattack
+  n = min(int(config.eval.autoattack_examples), len(split[1]))
+  split = (split[0][:n], split[1][:n])
+  epsilon = float(config.eval.attack.epsilon)
+  norm = config.eval.attack.norm
+  kw = dict(num_steps=int(settings.num_steps),
+            num_targets=int(settings.num_targets),
+            num_queries=int(settings.num_queries))
+  standard = (kw['num_steps'], kw['num_targets'],
+              kw['num_queries']) == (100, 9, 5000)
+  pgd_name = f'pgd{int(settings.pgd_steps)}'
+  logits_fn = _steps.logits_partial(model, params, batch_stats,
+                                    image_shape=split[0].shape[1:])
+  t0 = time.time()
+  pgd = attacks.robust_accuracy(
+      logits_fn, _unpadded_batches(split, config.eval_batch_size),
+      {pgd_name: functools.partial(attacks.pgd, epsilon=epsilon, norm=norm,
+                                   num_steps=int(settings.pgd_steps))}, key)
+  pgd_seconds = time.time() - t0
+  t0 = time.time()
+  counts = dict.fromkeys(attacks.STANDARD_ATTACKS, 0.0)
+  robust = 0
+  for b, (x, y) in enumerate(_unpadded_batches(split,
+                                               config.eval_batch_size)):
+    res = attacks.autoattack(logits_fn, x, y, jax.random.fold_in(key, b),
+                             epsilon=epsilon, norm=norm, **kw)
+    for name in attacks.STANDARD_ATTACKS:
+      counts[name] += res.accuracy[name] * len(y)
+    robust += int(res.robust.sum())
+  seconds = time.time() - t0
+  out = {f'autoattack_after_{name.replace("-", "_")}': c / n
+         for name, c in counts.items()}
+  out.update(
+      autoattack_accuracy=robust / n,
+      autoattack_clean_accuracy=pgd['clean'],
+      **{f'autoattack_{pgd_name}_accuracy': pgd[pgd_name]},
+      autoattack_gap=pgd[pgd_name] - robust / n,
+      autoattack_examples=n, autoattack_seconds=seconds,
+      autoattack_pgd_seconds=pgd_seconds,
+      autoattack_settings=dict(
+          epsilon=epsilon, norm=norm, pgd_steps=int(settings.pgd_steps),
+          version='standard' if standard else 'reduced', **kw))
+  out['autoattack_masking_suspected'] = attacks.masking_suspected(
+      out['autoattack_gap'])
+  return out
+

@@ -97,7 +97,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     ``test_deployable_adv_accuracy``; ``ta``/``ata`` are the deployable
     ones), ``nnz``, ``model_bits``, ``compression_ratio``,
     ``dense_weight_count``, ``budget``, ``wall_time_s``, ``examples_per_s``,
-    ``steps`` and ``status`` (``"finished"``, or ``"stopped"`` when
+    ``steps``, the ``autoattack_*`` keys of
+    :func:`~atmc_jax.training._evaluate.autoattack_eval` when
+    ``config.eval.autoattack_examples`` is set, and ``status``
+    (``"finished"``, or ``"stopped"`` when
     ``config.max_steps`` or SIGTERM ended the run early; ``summary.json`` is
     written only for finished runs).
 
@@ -470,6 +473,9 @@ def _test_summary(config, workdir, stage, run, evaluate, checkpoints
     strong = evaluate.strong(deployable, selected_state.batch_stats)
     summary.update({f'test_deployable_strong_{k}': v
                     for k, v in strong.items()})
+  if config.eval.get('autoattack_examples') is not None:
+    summary.update(evaluate.autoattack(deployable,
+                                       selected_state.batch_stats))
   record = dict(step=selected_step, epoch=config.num_epochs, split='test',
                 **results)
   return summary, record

@@ -46,7 +46,13 @@ OVERRIDABLE_KEYS = ('num_epochs', 'log_every_steps', 'checkpoint_every_steps',
 # Config keys added after runs were first recorded, each with the value that
 # computes what a run recorded without it computed: a saved config lacking
 # the key still matches a config holding that value.
-NEUTRAL_NEW_KEYS: dict[str, Any] = {}
+NEUTRAL_NEW_KEYS: dict[str, Any] = {
+    'eval.autoattack_examples': None,
+    'eval.autoattack.num_steps': 100,
+    'eval.autoattack.num_targets': 9,
+    'eval.autoattack.num_queries': 5000,
+    'eval.autoattack.pgd_steps': 20,
+}
 _ABSENT = '<absent>'
 
 

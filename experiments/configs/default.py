@@ -117,6 +117,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.strong = False
   config.eval.strong_attack = ml_collections.ConfigDict(dict(
       pgd_steps=50, pgd_restarts=5, apgd_steps=100))
+  # After training, also run AutoAttack (standard version: APGD-CE, APGD-T,
+  # FAB-T, Square) and PGD-20 on the first autoattack_examples test examples
+  # (deployable params, eval.attack's epsilon; L-inf only). None: off.
+  config.eval.autoattack_examples = config_dict.placeholder(int)
+  # AutoAttack's iterations (per target), targets and Square queries (the
+  # standard version's values), and the steps of the PGD it is compared
+  # with. Lower the first three only for quick checks: the summary then
+  # records version "reduced".
+  config.eval.autoattack = ml_collections.ConfigDict(dict(
+      num_steps=100, num_targets=9, num_queries=5000, pgd_steps=20))
 
   # ---- Loop --------------------------------------------------------------
   # Stop (with a checkpoint) after this many steps in total; None: train to
