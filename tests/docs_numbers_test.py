@@ -87,3 +87,24 @@ def test_numbers_quoted_in_prose_exist():
                    readme.index('**The full CPU grid**')]
   for pair in re.findall(r'\((0\.\d{4}) vs (0\.\d{4}) ATA\)', section):
     assert set(pair) <= values, pair
+
+
+def test_mnist_da_numbers_equal_the_committed_stage():
+  import json  # pylint: disable=g-import-not-at-top
+  from experiments.configs import mnist_paper  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(RESULTS, 'mnist', 'stages', 'da',
+                         'summary.json')) as f:
+    s = json.load(f)
+  row = _table_rows(_read('docs', 'results_mnist.md'),
+                    ['ours (epoch 7 of 8, selected on validation)',
+                     'ours, last epoch'])
+  for cells, keys in (
+      (row['ours (epoch 7 of 8, selected on validation)'],
+       ('ta', 'ata_paper', 'ata')),
+      (row['ours, last epoch'], ('last_ta', 'last_ata_paper', 'last_ata'))):
+    for printed, key in zip(cells, keys):
+      assert _close(printed, s[key]), (key, printed, s[key])
+  doc = ' '.join(mnist_paper.__doc__.split())
+  for key in ('ta', 'ata_paper', 'ata'):
+    assert f'{s[key]:.4f}' in doc, (key, s[key])
+  assert f'{round(s["wall_time_s"]):,} s' in doc
