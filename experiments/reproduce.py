@@ -373,6 +373,20 @@ def _default_train_fn() -> TrainFn:
   return training.train_and_evaluate
 
 
+def _same_stage_config(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+  """Equal configs, ``init_from`` compared by the parent stage's name only.
+
+  A grid copied to another directory or machine (committed stages are)
+  names its parents by other absolute paths.
+  """
+  def parent(c):
+    return os.path.basename(os.path.normpath(c['init_from'])) if c.get(
+        'init_from') else ''
+  return (parent(saved) == parent(current) and
+          {k: v for k, v in saved.items() if k != 'init_from'} ==
+          {k: v for k, v in current.items() if k != 'init_from'})
+
+
 def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
               train_fn: TrainFn) -> tuple[dict[str, Any], bool]:
   """Runs (or resumes, or skips) one stage.
@@ -389,7 +403,8 @@ def run_stage(config: ml_collections.ConfigDict, stage_dir: str,
     saved = os.path.join(stage_dir, STAGE_CONFIG_FILE)
     if os.path.exists(saved):
       with open(saved) as f:
-        if json.load(f) != json.loads(config.to_json_best_effort()):
+        if not _same_stage_config(json.load(f),
+                                  json.loads(config.to_json_best_effort())):
           logging.warning('%s is finished but its config differs from the '
                           'current one; keeping the finished run (delete '
                           'the directory to recompute).', stage_dir)

@@ -186,6 +186,18 @@ class RunStageTest(absltest.TestCase):
     self.assertGreaterEqual(reproduce.stage_wall_time(stage_dir, summary), 0.0)
 
 
+class SameStageConfigTest(absltest.TestCase):
+
+  def test_parents_compared_by_name_and_everything_else_exactly(self):
+    a = {'stage': 'al0', 'learning_rate': 0.01, 'init_from': '/a/runs/mnist/da'}
+    self.assertTrue(reproduce._same_stage_config(
+        a, dict(a, init_from='/elsewhere/mnist/da/')))
+    self.assertFalse(reproduce._same_stage_config(
+        a, dict(a, init_from='/a/runs/mnist/nat')))
+    self.assertFalse(reproduce._same_stage_config(a, dict(a, learning_rate=1)))
+    self.assertFalse(reproduce._same_stage_config(a, dict(a, init_from='')))
+
+
 class KeepGoingTest(absltest.TestCase):
 
   def _grid(self, keep_going):
