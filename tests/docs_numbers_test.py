@@ -108,3 +108,24 @@ def test_mnist_da_numbers_equal_the_committed_stage():
   for key in ('ta', 'ata_paper', 'ata'):
     assert f'{s[key]:.4f}' in doc, (key, s[key])
   assert f'{round(s["wall_time_s"]):,} s' in doc
+
+
+def test_mnist_chain_rows_equal_the_committed_stages():
+  import json  # pylint: disable=g-import-not-at-top
+  text = _read('docs', 'results_mnist.md')
+  stages = os.path.join(RESULTS, 'mnist', 'stages')
+  labels = {'AL0, p = 0.01': 'al0_p0.01', 'ATMC-32, p = 0.01': 'atmc32_p0.01',
+            'ATMC-8, p = 0.01': 'atmc8_p0.01'}
+  rows = {}
+  for line in text.splitlines():
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    for label, stage in labels.items():
+      if cells and cells[0].startswith(label + ' ('):
+        rows[stage] = cells[1:]
+  assert rows, 'no chain rows in docs/results_mnist.md'
+  for stage, cells in rows.items():
+    with open(os.path.join(stages, stage, 'summary.json')) as f:
+      s = json.load(f)
+    for printed, key in zip(cells, ('compression_ratio', 'ta', 'ata_paper',
+                                    'ata')):
+      assert _close(printed, s[key]), (stage, key, printed, s[key])
