@@ -299,16 +299,6 @@ def stage_config(grid: ml_collections.ConfigDict, stage: Stage,
   return config
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
   out: dict[str, Any] = {}
   for key, v in flat.items():
@@ -342,12 +332,13 @@ def grid_from_training_config(path: str,
   Returns:
     A grid config for :func:`reproduce`.
   """
+  from atmc_jax.training import _workdir  # pylint: disable=g-import-not-at-top
   module = load_config_module(path)
   arg = path.split(':', 1)[1] if ':' in path else None
   default = (module.get_config(arg) if arg is not None
              else module.get_config())
-  flat_default = _flatten(default.to_dict())
-  changed = {k: v for k, v in _flatten(config.to_dict()).items()
+  flat_default = _workdir.flatten(default.to_dict())
+  changed = {k: v for k, v in _workdir.flatten(config.to_dict()).items()
              if k != 'stage' and (k not in flat_default
                                   or flat_default[k] != v)}
   grid = ml_collections.ConfigDict()

@@ -56,11 +56,12 @@ NEUTRAL_NEW_KEYS: dict[str, Any] = {
 _ABSENT = '<absent>'
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+  """Nested mappings -> ``{'a.b.c': leaf}``."""
   out = {}
   for k, v in d.items():
     if isinstance(v, Mapping):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out
@@ -104,8 +105,8 @@ def config_changes(workdir: epath.PathLike, config: ml_collections.ConfigDict,
   path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     return None
-  old = _flatten(json.loads(path.read_text()))
-  new = _flatten(_as_json(config))
+  old = flatten(json.loads(path.read_text()))
+  new = flatten(_as_json(config))
   for k, neutral in NEUTRAL_NEW_KEYS.items():
     if k not in old and k in new and new[k] == neutral:
       old[k] = neutral
