@@ -183,10 +183,9 @@ def test_atmc_is_feasible():
 
 
 @pytest.mark.parametrize('init', ['quantile', 'forgy'])
-def test_shared_programs_and_budget_hint_change_nothing(init):
-  # Leaves of one shape share a vmapped program, and ``max_nonzeros`` drops
-  # unreachable compacted copies: both must leave every value bit-identical
-  # to quantising each leaf on its own without the hint. The 256 x 256
+def test_budget_hint_changes_nothing(init):
+  # ``max_nonzeros`` drops unreachable compacted copies: every value must
+  # stay bit-identical to quantising each leaf on its own without the hint. The 256 x 256
   # leaves take the compacted path (capacity 1024 at 600 non-zeros); the
   # reference is the per-leaf solver with the leaf's own key.
   key = jax.random.key(7) if init == 'forgy' else None

@@ -404,45 +404,10 @@ def project_quantize(tree: base.PyTree, bits: int,
   sel = treedef.flatten_up_to(mask)
   _check_finite(leaves, sel)
   keys = _leaf_keys(tree, mask, key)
-  out = list(leaves)
-  for group in _same_program_groups(leaves, sel, bits, max_nonzeros):
-    if len(group) == 1:
-      i, = group
-      out[i] = _quantize_leaf(leaves[i], bits, method, max_iters, tol, init,
-                              keys[i], max_nonzeros)
-      continue
-    # Leaves of one shape and dtype share one vmapped program: the same
-    # per-leaf arithmetic, compiled once instead of once per leaf.
-    solve = lambda x, kk: _quantize_leaf(x, bits, method, max_iters, tol,
-                                         init, kk, max_nonzeros)
-    stacked = jnp.stack([jnp.asarray(leaves[i]) for i in group])
-    if key is None:
-      batch = jax.vmap(lambda x: solve(x, None))(stacked)
-    else:
-      batch = jax.vmap(solve)(stacked, jnp.stack([keys[i] for i in group]))
-    for j, i in enumerate(group):
-      out[i] = batch[j]
+  out = [_quantize_leaf(x, bits, method, max_iters, tol, init, kk,
+                        max_nonzeros) if m else x
+         for x, m, kk in zip(leaves, sel, keys)]
   return jax.tree.unflatten(treedef, out)
-
-
-def _same_program_groups(leaves, sel, bits, max_nonzeros):
-  """Indices of the selected leaves, grouped where one program serves all.
-
-  Leaves with the same shape and dtype are grouped when their quantiser is
-  a single branch (no switch between compacted copies, which ``vmap`` would
-  turn into computing every copy); every other leaf is its own group.
-  """
-  groups: dict[Any, list[int]] = {}
-  for i, (x, m) in enumerate(zip(leaves, sel)):
-    if not m:
-      continue
-    shape, dtype = jnp.shape(x), jnp.result_type(x)
-    size = int(np.prod(shape, dtype=np.int64))
-    single = size < _COMPACT_MIN_SIZE or (
-        max_nonzeros is not None
-        and max_nonzeros <= size // max(_COMPACT_DIVISORS))
-    groups.setdefault((shape, dtype) if single else i, []).append(i)
-  return list(groups.values())
 
 
 def _codebook_leaf(q, n_levels):
